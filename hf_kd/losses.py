@@ -1,14 +1,17 @@
 """Token-level distillation losses between a sharpened teacher and a student, dense and memory-bounded (chunked).
 
-Notation (per position, over the vocabulary ``V``): the teacher is ``p = softmax(selectivity * z_t)`` and the student is
-``q = softmax(z_s / temperature)``. Sharpening touches the teacher only; the temperature touches the student only.
+Notation (per position, over the vocabulary ``V``): the teacher is ``p = softmax(selectivity * z_t)`` and the
+student is ``q = softmax(z_s / temperature)``. Sharpening touches the teacher only; the temperature, the student
+only.
 
 | loss_type          | per-token value                                        |
 |--------------------|--------------------------------------------------------|
 | ``nll``            | ``-log q[label]``                                      |
 | ``forward_kl``     | ``KL(p || q)``                                         |
 | ``reverse_kl``     | ``KL(q || p)``                                         |
-| ``generalized_jsd``| ``l KL(p || m) + (1 - l) KL(q || m)``, ``m = l p + (1 - l) q`` (TRL's ``beta`` = l; 0 and 1 give forward and reverse KL) |
+| ``generalized_jsd``| ``l KL(p || m) + (1 - l) KL(q || m)``, ``m = l p + (1 - l) q`` (TRL's ``beta`` = l)  |
+
+The generalized JSD follows TRL's ``generalized_jsd_loss``: ``l = 0`` is forward KL and ``l = 1`` is reverse KL.
 | ``skew_forward_kl``| ``KL(p || a p + (1 - a) q)`` (DistiLLM, skew ``a``)   |
 | ``skew_reverse_kl``| ``KL(q || (1 - a) p + a q)``                           |
 | ``tvd``            | ``0.5 * sum |p - q|``                                  |

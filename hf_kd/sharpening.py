@@ -134,8 +134,8 @@ def solve_selectivity(
     """Selectivity beta such that ``softmax(beta * logits)`` has the target entropy (nats per token).
 
     The entropy of ``softmax(beta * z)`` is non-increasing in beta, so a bisection on ``log(beta)`` over
-    ``[min_selectivity, max_selectivity]`` converges. With `per_token=False` a single beta makes the *mean* entropy over
-    the masked positions equal the target; with `per_token=True` each position gets its own beta.
+    ``[min_selectivity, max_selectivity]`` converges. With `per_token=False` a single beta makes the *mean* entropy
+    over the masked positions equal the target; with `per_token=True` each position gets its own beta.
 
     Args:
         logits (`torch.Tensor` of shape `(..., V)`): teacher logits, e.g. `(B, T, V)`.
