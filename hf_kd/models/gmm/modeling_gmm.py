@@ -1,0 +1,397 @@
+"""A Gaussian mixture as a transformers model: EM fitting, gradient training, sharpened sampling, log-likelihoods.
+
+The density is ``p(x) = sum_k a_k N(x; mu_k, Sigma_k)`` with ``a = softmax(mixture_logits)`` and
+``Sigma_k = L_k L_k^T``, where the Cholesky factor ``L_k`` has a positive diagonal ``exp(log_scale_k)`` (plus a free
+strictly-lower part ``scale_tril_k`` for ``covariance_type="full"``), so every covariance stays positive definite under
+gradient descent. Sampling with a *selectivity* beta draws from the mixture whose weights are ``a_k**beta``
+renormalised (beta = inf: the heaviest component); the component densities are unchanged.
+
+Self-contained on purpose: this file (with its sibling configuration_gmm.py) is copied next to a saved checkpoint and
+loaded with ``trust_remote_code=True`` where hf_kd is not installed, so it imports only torch and transformers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_gmm import GMMConfig
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class GMMOutput(ModelOutput):
+    """Output of [`GMMModel.forward`].
+
+    Args:
+        loss (`torch.Tensor`, a scalar): mean negative log-likelihood of the batch, in nats.
+        log_prob (`torch.Tensor` of shape `(n,)`): ``log p(x)`` of every point.
+    """
+
+    loss: torch.Tensor | None = None
+    log_prob: torch.Tensor | None = None
+
+
+def sharpen_log_weights(log_weights: torch.Tensor, selectivity: float) -> torch.Tensor:
+    """Log of the mixture weights raised to the power beta and renormalised: ``log(a_k**beta / sum_j a_j**beta)``.
+
+    Args:
+        log_weights (`torch.Tensor` of shape `(K,)`): log mixture weights.
+        selectivity (`float`): beta > 0; ``inf`` keeps the heaviest component(s), ties split evenly.
+
+    Returns:
+        `torch.Tensor` of shape `(K,)`: sharpened log-weights (``-inf`` for dropped components).
+    """
+    selectivity = float(selectivity)
+    if math.isnan(selectivity) or selectivity <= 0:
+        raise ValueError(
+            f"selectivity must be > 0 (got {selectivity}); use 1.0 for the model itself, larger values to sharpen its "
+            "mixture weights and float('inf') for its heaviest component."
+        )
+    if math.isinf(selectivity):
+        is_max = log_weights == log_weights.max()
+        return torch.where(is_max, 0.0, float("-inf")).to(log_weights) - is_max.sum().to(log_weights).log()
+    return torch.log_softmax(selectivity * log_weights, dim=-1)
+
+
+def gaussian_log_prob(
+    x: torch.Tensor, means: torch.Tensor, log_scale: torch.Tensor, scale_tril: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Log-density of every point under every Gaussian component: ``log N(x_n; mu_k, L_k L_k^T)``.
+
+    With ``diff = x - mu_k`` and ``z = L_k^{-1} diff``: ``-0.5 * (D log 2 pi + |z|^2) - sum_d log L_k[d, d]``.
+
+    Args:
+        x (`torch.Tensor` of shape `(N, D)`): points.
+        means (`torch.Tensor` of shape `(K, D)`): component means.
+        log_scale (`torch.Tensor` of shape `(K, D)` or `(K, 1)`): log of the Cholesky diagonal (one value per
+            component when spherical).
+        scale_tril (`torch.Tensor` of shape `(K, D, D)`, *optional*): strictly-lower part of the Cholesky factors
+            (full covariances); `None` for diagonal or spherical ones.
+
+    Returns:
+        `torch.Tensor` of shape `(N, K)`.
+    """
+    num_points, dim = x.shape
+    diff = x[:, None, :] - means[None, :, :]  # (N, K, D)
+    log_scale = log_scale.expand(means.shape)
+    if scale_tril is None:
+        z = diff / log_scale.exp()
+    else:
+        chol = torch.tril(scale_tril, diagonal=-1) + torch.diag_embed(log_scale.exp())  # (K, D, D)
+        z = torch.linalg.solve_triangular(chol, diff.permute(1, 2, 0), upper=False).permute(2, 0, 1)
+    return -0.5 * (dim * _LOG_2PI + z.pow(2).sum(-1)) - log_scale.sum(-1)
+
+
+def _m_step(x: torch.Tensor, resp: torch.Tensor, covariance_type: str, floor: float):
+    """Closed-form maximum-likelihood weights, means and covariances given responsibilities `resp` (N, K).
+
+    Returns weights (K,), means (K, D) and covariances: (K, D, D) full, (K, D) diag variances, (K,) spherical.
+    """
+    counts = resp.sum(0) + 10 * torch.finfo(resp.dtype).eps  # (K,); keeps an empty component finite (as sklearn)
+    means = resp.T @ x / counts[:, None]
+    diff = x[:, None, :] - means[None]  # (N, K, D)
+    if covariance_type == "full":
+        cov = torch.einsum("nk,nki,nkj->kij", resp, diff, diff) / counts[:, None, None]
+        cov = cov + floor * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    else:
+        cov = torch.einsum("nk,nkd->kd", resp, diff.pow(2)) / counts[:, None] + floor
+        if covariance_type == "spherical":
+            cov = cov.mean(-1)
+    return counts / x.shape[0], means, cov
+
+
+def _cholesky_parameters(cov: torch.Tensor, covariance_type: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(log_scale, scale_tril)`` of covariances: (K, D, D) full, (K, D) diag or (K,) spherical variances."""
+    if covariance_type == "full":
+        chol, info = torch.linalg.cholesky_ex(cov)
+        if info.any():
+            raise ValueError("covariances must be symmetric positive definite; raise covariance_floor.")
+        return torch.diagonal(chol, dim1=-2, dim2=-1).log(), torch.tril(chol, diagonal=-1)
+    if not (cov > 0).all():
+        raise ValueError("variances must be positive; raise covariance_floor.")
+    return 0.5 * cov.log().reshape(cov.shape[0], -1), None
+
+
+class GMMModel(PreTrainedModel):
+    r"""A mixture of Gaussians that fits by EM or trains by gradient descent, and samples with a selectivity.
+
+    It offers hf_kd's generative-model protocol: [`~GMMModel.sample`] and [`~GMMModel.log_likelihood`].
+
+    Example:
+        ```python
+        >>> import torch
+        >>> from hf_kd.models.gmm import GMMConfig, GMMModel
+        >>> x = torch.randn(500, 2)
+        >>> model = GMMModel(GMMConfig(num_components=3, dim=2)).fit(x, seed=0)
+        >>> model.log_prob(x).shape, model.sample(10, selectivity=5.0).shape
+        (torch.Size([500]), torch.Size([10, 2]))
+        ```
+    """
+
+    config_class = GMMConfig
+    base_model_prefix = "gmm"
+    main_input_name = "x"
+
+    def __init__(self, config: GMMConfig):
+        super().__init__(config)
+        k, d = config.num_components, config.dim
+        self.mixture_logits = nn.Parameter(torch.zeros(k))
+        self.means = nn.Parameter(torch.zeros(k, d))
+        self.log_scale = nn.Parameter(torch.zeros(k, 1 if config.covariance_type == "spherical" else d))
+        self.scale_tril = nn.Parameter(torch.zeros(k, d, d)) if config.covariance_type == "full" else None
+        self.post_init()
+
+    def _init_weights(self, module):
+        # Unit covariances, equal weights and standard-normal means (distinct means break the symmetry for gradient
+        # training); `fit` and `init_from_data` overwrite all of them. torch.nn.init is guarded by transformers, so
+        # parameters loaded from a checkpoint are left alone.
+        if isinstance(module, GMMModel):
+            nn.init.zeros_(module.mixture_logits)
+            nn.init.normal_(module.means)
+            nn.init.zeros_(module.log_scale)
+            if module.scale_tril is not None:
+                nn.init.zeros_(module.scale_tril)
+
+    # ----- the distribution -----
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """`torch.Tensor` of shape `(K,)`: log mixture weights."""
+        return torch.log_softmax(self.mixture_logits, dim=-1)
+
+    def cholesky(self) -> torch.Tensor:
+        """`torch.Tensor` of shape `(K, D, D)`: lower-triangular factors ``L_k`` of the covariances."""
+        chol = torch.diag_embed(self.log_scale.expand_as(self.means).exp())
+        return chol if self.scale_tril is None else chol + torch.tril(self.scale_tril, diagonal=-1)
+
+    def covariances(self) -> torch.Tensor:
+        """`torch.Tensor` of shape `(K, D, D)`: the covariances ``L_k L_k^T``."""
+        chol = self.cholesky()
+        return chol @ chol.transpose(-1, -2)
+
+    def _check_points(self, x, name: str = "x") -> torch.Tensor:
+        x = torch.as_tensor(x)
+        if x.dim() != 2 or x.shape[1] != self.config.dim:
+            raise ValueError(
+                f"{name} must be points of shape (n, dim={self.config.dim}), got shape {tuple(x.shape)}; "
+                f"reshape a single point to (1, {self.config.dim})."
+            )
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or infinite values; drop or fix those points first.")
+        return x.to(device=self.means.device, dtype=self.means.dtype)
+
+    def component_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``log a_k + log N(x_n; mu_k, Sigma_k)`` for every point and component, shape `(N, K)`."""
+        x = self._check_points(x)
+        return self.log_weights + gaussian_log_prob(x, self.means, self.log_scale, self.scale_tril)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-density ``log p(x_n)`` of every point.
+
+        Args:
+            x (`torch.Tensor` of shape `(N, D)`): points.
+
+        Returns:
+            `torch.Tensor` of shape `(N,)`.
+        """
+        return torch.logsumexp(self.component_log_prob(x), dim=-1)
+
+    def forward(self, x: torch.Tensor, return_dict: bool | None = None, **kwargs) -> GMMOutput | tuple:
+        """Mean negative log-likelihood of a batch, so `transformers.Trainer` can train the mixture.
+
+        Args:
+            x (`torch.Tensor` of shape `(N, D)`): a batch of points.
+            return_dict (`bool`, *optional*): return a tuple ``(loss, log_prob)`` when `False`.
+            **kwargs: ignored (e.g. ``num_items_in_batch`` passed by the Trainer).
+
+        Returns:
+            [`GMMOutput`] with ``loss`` (scalar) and ``log_prob`` `(N,)`.
+        """
+        log_prob = self.log_prob(x)
+        output = GMMOutput(loss=-log_prob.mean(), log_prob=log_prob)
+        use_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return output if use_dict else output.to_tuple()
+
+    # ----- the generative-model protocol -----
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        selectivity: float | None = None,
+        generator: torch.Generator | None = None,
+        return_components: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Draw `n` points from the mixture with its weights sharpened to ``a_k**beta / sum_j a_j**beta``.
+
+        Args:
+            n (`int`): number of points.
+            selectivity (`float`, *optional*): beta > 0 (defaults to ``config.selectivity``); 1 samples the model
+                itself, ``inf`` only its heaviest component (ties split evenly).
+            generator (`torch.Generator`, *optional*): for reproducible draws.
+            return_components (`bool`): also return the index of the component each point came from.
+
+        Returns:
+            `torch.Tensor` of shape `(n, D)`, and with `return_components` a `torch.LongTensor` of shape `(n,)`.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative integer number of samples (got {n!r}).")
+        beta = self.config.selectivity if selectivity is None else selectivity
+        weights = sharpen_log_weights(self.log_weights, beta).exp()
+        device = self.means.device
+        components = torch.zeros(0, dtype=torch.long)
+        if n:
+            components = torch.multinomial(weights, n, replacement=True, generator=generator)
+        components = components.to(device)
+        noise = torch.randn(n, self.config.dim, generator=generator, dtype=self.means.dtype, device=device)
+        points = self.means[components] + (self.cholesky()[components] @ noise[:, :, None]).squeeze(-1)
+        return (points, components) if return_components else points
+
+    @torch.no_grad()
+    def log_likelihood(self, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample log-likelihood and number of scored units (one per point), hf_kd's protocol for metrics.
+
+        Args:
+            samples (`torch.Tensor` of shape `(N, D)`): points.
+
+        Returns:
+            `tuple(torch.Tensor, torch.Tensor)`: ``log p(x)`` of shape `(N,)` and ones of shape `(N,)`.
+        """
+        log_prob = self.log_prob(samples)
+        return log_prob, torch.ones_like(log_prob)
+
+    # ----- closed-form fitting -----
+
+    @torch.no_grad()
+    def set_parameters(
+        self,
+        weights: torch.Tensor | None = None,
+        means: torch.Tensor | None = None,
+        covariances: torch.Tensor | None = None,
+    ) -> GMMModel:
+        """Set the mixture from its natural parameters (any left `None` is kept).
+
+        Args:
+            weights (`torch.Tensor` of shape `(K,)`): positive mixture weights (renormalised).
+            means (`torch.Tensor` of shape `(K, D)`).
+            covariances (`torch.Tensor`): `(K, D, D)` positive definite (full), `(K, D)` variances (diag) or `(K,)`
+                variances (spherical).
+
+        Returns:
+            The model itself.
+        """
+        k, d, kind = self.config.num_components, self.config.dim, self.config.covariance_type
+        if weights is not None:
+            weights = torch.as_tensor(weights, dtype=torch.float64)
+            if weights.shape != (k,) or not (weights > 0).all():
+                raise ValueError(f"weights must be {k} positive numbers, got {weights}.")
+            self.mixture_logits.copy_((weights / weights.sum()).log())
+        if means is not None:
+            means = torch.as_tensor(means)
+            if means.shape != (k, d) or not torch.isfinite(means).all():
+                raise ValueError(f"means must be finite with shape ({k}, {d}), got shape {tuple(means.shape)}.")
+            self.means.copy_(means)
+        if covariances is not None:
+            cov = torch.as_tensor(covariances, dtype=torch.float64)
+            expected = {"full": (k, d, d), "diag": (k, d), "spherical": (k,)}[kind]
+            if cov.shape != expected:
+                raise ValueError(f"{kind} covariances must have shape {expected}, got {tuple(cov.shape)}.")
+            log_scale, tril = _cholesky_parameters(cov, kind)
+            self.log_scale.copy_(log_scale)
+            if tril is not None:
+                self.scale_tril.copy_(tril)
+        return self
+
+    def _check_fit_data(self, x) -> torch.Tensor:
+        x = self._check_points(x).double()
+        if x.shape[0] < self.config.num_components:
+            raise ValueError(
+                f"cannot fit {self.config.num_components} components on {x.shape[0]} points; use more points or a "
+                "config with fewer num_components."
+            )
+        return x
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor, method: str = "kmeans++", seed: int = 0) -> GMMModel:
+        """Initialise from data: pick K centres (k-means++ or uniformly at random), assign every point to its nearest
+        centre, and set weights, means and covariances from that hard assignment (one M-step).
+
+        Args:
+            x (`torch.Tensor` of shape `(N, D)`): points, ``N >= K``.
+            method (`str`): `"kmeans++"` (centres drawn with probability proportional to the squared distance to the
+                nearest centre so far) or `"random"` (K distinct points uniformly).
+            seed (`int`): seed of the draw; the result is deterministic given it.
+
+        Returns:
+            The model itself.
+        """
+        x = self._check_fit_data(x)
+        k = self.config.num_components
+        gen = torch.Generator().manual_seed(seed)
+        if method == "random":
+            idx = torch.randperm(x.shape[0], generator=gen)[:k]
+        elif method == "kmeans++":
+            idx = [int(torch.randint(x.shape[0], (1,), generator=gen))]
+            sq_dist = (x - x[idx[0]]).pow(2).sum(-1)
+            for _ in range(1, k):
+                # All-zero distances (fewer distinct points than K): fall back to a uniform draw.
+                probs = sq_dist if sq_dist.sum() > 0 else torch.ones_like(sq_dist)
+                idx.append(int(torch.multinomial(probs.cpu(), 1, generator=gen)))
+                sq_dist = torch.minimum(sq_dist, (x - x[idx[-1]]).pow(2).sum(-1))
+            idx = torch.tensor(idx)
+        else:
+            raise ValueError(f"method must be 'kmeans++' or 'random' (got {method!r}).")
+        nearest = torch.cdist(x, x[idx.to(x.device)]).argmin(-1)
+        resp = torch.nn.functional.one_hot(nearest, k).to(x.dtype)
+        return self.set_parameters(*_m_step(x, resp, self.config.covariance_type, self.config.covariance_floor))
+
+    @torch.no_grad()
+    def fit(
+        self, x: torch.Tensor, max_iter: int = 100, tol: float = 1e-3, init: str = "kmeans++", seed: int = 0
+    ) -> GMMModel:
+        """Maximum-likelihood fit by expectation-maximisation (closed form, float64, vectorised).
+
+        Each iteration computes responsibilities (E-step), then the weights, means and covariances they imply, with
+        ``config.covariance_floor`` added to the covariance diagonal (M-step); it stops when the mean log-likelihood
+        of the E-step changes by less than `tol`, as scikit-learn's `GaussianMixture` does. Sets ``n_iter_``,
+        ``converged_`` and ``lower_bound_`` (the last mean log-likelihood).
+
+        Args:
+            x (`torch.Tensor` of shape `(N, D)`): training points, ``N >= K``.
+            max_iter (`int`): maximum number of EM iterations.
+            tol (`float`): convergence threshold on the mean log-likelihood, in nats.
+            init (`str`): `"kmeans++"`, `"random"` (see [`~GMMModel.init_from_data`]) or `"current"` to start from
+                the present parameters.
+            seed (`int`): seed of the initialisation.
+
+        Returns:
+            The fitted model itself.
+        """
+        x = self._check_fit_data(x)
+        if max_iter < 1 or not tol >= 0:
+            raise ValueError(f"fit needs max_iter >= 1 and tol >= 0 (got max_iter={max_iter}, tol={tol}).")
+        if init != "current":
+            self.init_from_data(x, method=init, seed=seed)
+        kind, floor = self.config.covariance_type, self.config.covariance_floor
+        log_w, means = self.log_weights.double(), self.means.double()
+        log_scale = self.log_scale.double()
+        tril = None if self.scale_tril is None else self.scale_tril.double()
+        previous, self.converged_ = -math.inf, False
+        for self.n_iter_ in range(1, max_iter + 1):
+            joint = log_w + gaussian_log_prob(x, means, log_scale, tril)  # (N, K)
+            log_norm = torch.logsumexp(joint, dim=-1, keepdim=True)
+            self.lower_bound_ = float(log_norm.mean())
+            weights, means, cov = _m_step(x, (joint - log_norm).exp(), kind, floor)
+            log_w, (log_scale, tril) = weights.log(), _cholesky_parameters(cov, kind)
+            if abs(self.lower_bound_ - previous) < tol:
+                self.converged_ = True
+                break
+            previous = self.lower_bound_
+        return self.set_parameters(weights, means, cov)
