@@ -1,0 +1,158 @@
+"""`DistillationConfig`: trl.DistillationConfig plus teacher sharpening, completion sources and loss types."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
+import trl
+
+from .losses import LOSS_TYPES
+
+__all__ = ["COMPLETION_SOURCES", "DistillationConfig"]
+
+COMPLETION_SOURCES = ("student", "teacher", "dataset")
+
+
+def _cuda_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _parse_source(source: str | dict) -> str | dict[str, float]:
+    """Validate `completion_source`; a dict (or its JSON string, from the CLI) is a mixture of sources."""
+    if isinstance(source, str) and source.strip().startswith("{"):
+        source = json.loads(source)
+    if isinstance(source, str):
+        if source not in COMPLETION_SOURCES:
+            raise ValueError(
+                f"completion_source={source!r} is unknown; use one of {COMPLETION_SOURCES} or a dict of probabilities "
+                'such as {"teacher": 0.5, "student": 0.5}.'
+            )
+        return source
+    if not isinstance(source, dict) or not source:
+        raise ValueError(f"completion_source must be a string or a non-empty dict of probabilities, got {source!r}.")
+    unknown = set(source) - set(COMPLETION_SOURCES)
+    if unknown:
+        raise ValueError(f"completion_source has unknown keys {sorted(unknown)}; allowed: {COMPLETION_SOURCES}.")
+    probs = {k: float(v) for k, v in source.items()}
+    if any(not math.isfinite(p) or p < 0 for p in probs.values()) or not math.isclose(sum(probs.values()), 1.0):
+        raise ValueError(
+            f"completion_source probabilities must be >= 0 and sum to 1, got {probs}; e.g. "
+            '{"teacher": 0.7, "dataset": 0.3}.'
+        )
+    return probs
+
+
+@dataclass
+class DistillationConfig(trl.DistillationConfig):
+    r"""
+    Configuration for [`hf_kd.DistillationTrainer`]: [`trl.DistillationConfig`] plus the fields below. TRL's fields
+    keep their meaning: `temperature` is the *student's* softmax temperature (and its sampling temperature), `beta` is
+    the generalized-JSD mixing weight (0 = forward KL, 1 = reverse KL). Only `selectivity` sharpens the teacher.
+
+    Parameters:
+        selectivity (`float`, *optional*, defaults to `1.0`):
+            Teacher sharpening beta > 0: the teacher's next-token distribution becomes ``softmax(beta * z)``
+            (temperature ``1 / beta``), in the loss and when the teacher samples completions. `1.0` is the teacher
+            itself; `float("inf")` is its argmax (greedy sampling; only with `loss_type="nll"`).
+        target_entropy (`float`, *optional*):
+            Instead of a fixed `selectivity`, choose beta so that the sharpened teacher's mean token entropy (nats) on
+            the completion tokens equals this value, per batch (or per token, see `per_token_selectivity`).
+        per_token_selectivity (`bool`, *optional*, defaults to `False`):
+            With `target_entropy`, solve one beta per token instead of one per batch.
+        completion_source (`str` or `dict[str, float]`, *optional*, defaults to `"student"`):
+            Who writes the completions: `"student"` (on-policy, TRL's behaviour), `"teacher"` (the sharpened teacher
+            samples them: online sequence-level KD), `"dataset"` (the dataset's `completion` column, off-policy) or a
+            dict of probabilities over these, drawn once per generation batch, identically on every rank.
+        loss_type (`str`, *optional*, defaults to `"generalized_jsd"`):
+            One of `"nll"`, `"forward_kl"`, `"reverse_kl"`, `"generalized_jsd"` (weight `beta`), `"skew_forward_kl"`,
+            `"skew_reverse_kl"`, `"tvd"` (see `hf_kd.losses`). `"nll"` needs no teacher forward pass.
+        skew_alpha (`float`, *optional*, defaults to `0.1`):
+            Skew of the skew KL losses (DistiLLM), in [0, 1).
+        loss_chunk_size (`int`, *optional*, defaults to `1024`):
+            Tokens per chunk of the memory-bounded loss (logits are never materialised for the whole batch).
+
+    > [!NOTE]
+    > Defaults differ from [`trl.DistillationConfig`] so that a CPU run works out of the box: `bf16` defaults to `True`
+    > only when a CUDA device with bf16 support is present, and `gradient_checkpointing` defaults to off (no
+    > deprecation warning is raised unless you set it).
+    """
+
+    selectivity: float = field(
+        default=1.0,
+        metadata={"help": "Teacher sharpening beta > 0: the teacher becomes softmax(beta * logits)."},
+    )
+    target_entropy: float | None = field(
+        default=None,
+        metadata={"help": "Solve beta so the sharpened teacher's mean token entropy (nats) equals this value."},
+    )
+    per_token_selectivity: bool = field(
+        default=False, metadata={"help": "With target_entropy, solve one beta per token instead of per batch."}
+    )
+    completion_source: str | dict | None = field(
+        default="student",
+        metadata={"help": "'student', 'teacher', 'dataset' or a JSON dict of probabilities over them."},
+    )
+    loss_type: str = field(default="generalized_jsd", metadata={"help": f"One of {', '.join(LOSS_TYPES)}."})
+    skew_alpha: float = field(default=0.1, metadata={"help": "Skew of the skew KL losses, in [0, 1)."})
+    loss_chunk_size: int = field(default=1024, metadata={"help": "Tokens per chunk of the memory-bounded loss."})
+
+    # CPU-sane overrides of TRL's defaults (bf16 is unusable on CPU; checkpointing warns under transformers 5).
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (off by default)."}
+    )
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 mixed precision; defaults to True only on CUDA devices that support it."}
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = bool(_cuda_bf16() and not self.fp16)
+        super().__post_init__()
+        self.completion_source = _parse_source(self.completion_source)
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type={self.loss_type!r} is unknown; choose one of {LOSS_TYPES}.")
+        if not (isinstance(self.selectivity, (int, float)) and self.selectivity > 0):
+            raise ValueError(
+                f"selectivity must be > 0 (got {self.selectivity}); 1.0 keeps the teacher, values > 1 sharpen it."
+            )
+        if math.isinf(self.selectivity) and self.loss_type != "nll":
+            raise ValueError(
+                "selectivity=inf (greedy teacher) only works with loss_type='nll'; token-level losses need a finite "
+                "selectivity (e.g. 100)."
+            )
+        if self.target_entropy is not None:
+            if self.selectivity != 1.0:
+                raise ValueError(
+                    f"selectivity={self.selectivity} and target_entropy={self.target_entropy} are both set; they are "
+                    "two ways to choose beta. Keep selectivity=1.0 and set target_entropy, or drop target_entropy."
+                )
+            if not self.target_entropy > 0:
+                raise ValueError(
+                    f"target_entropy must be > 0 nats (got {self.target_entropy}); 0 would be the greedy teacher, use "
+                    "selectivity=float('inf') with loss_type='nll' for that."
+                )
+        elif self.per_token_selectivity:
+            raise ValueError("per_token_selectivity=True needs target_entropy (a beta is solved per token).")
+        if not 0.0 <= self.skew_alpha < 1.0:
+            raise ValueError(f"skew_alpha must be in [0, 1) (got {self.skew_alpha}); DistiLLM uses 0.1.")
+        if self.loss_chunk_size < 1:
+            raise ValueError(f"loss_chunk_size must be >= 1 (got {self.loss_chunk_size}).")
+        if self.loss_type == "nll" and self.completion_source == "student":
+            raise ValueError(
+                "loss_type='nll' with completion_source='student' trains the student on its own samples (no teacher "
+                "signal). Use completion_source='teacher' or 'dataset', or a token-level loss such as 'forward_kl'."
+            )
+        if self.use_vllm and self.completion_source != "student":
+            raise ValueError(
+                "use_vllm=True generates with the student's weights only; with completion_source="
+                f"{self.completion_source!r} set use_vllm=False (the teacher samples through transformers' generate)."
+            )
+
+    def source_probabilities(self) -> dict[str, float]:
+        """The completion sources as a dict of probabilities (a single source has probability 1)."""
+        if isinstance(self.completion_source, str):
+            return {self.completion_source: 1.0}
+        return dict(self.completion_source)

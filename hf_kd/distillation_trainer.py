@@ -1,0 +1,306 @@
+"""`DistillationTrainer`: trl.DistillationTrainer plus teacher sharpening, three completion sources, seven losses."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import trl
+from transformers import PreTrainedModel
+
+from .completions import draw_source, sample_completions, tokenize_completions
+from .distillation_config import DistillationConfig
+from .losses import chunked_distillation_loss
+from .sharpening import solve_selectivity, token_entropy
+
+__all__ = ["DistillationTrainer"]
+
+COMPLETION_COLUMN = "completion"
+# Logit post-processing TRL's kernel applies and our loss does not: refuse such models rather than train wrongly.
+_UNSUPPORTED_LOGIT_ATTRS = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+
+
+def _column_names(dataset) -> list[str] | None:
+    names = getattr(dataset, "column_names", None)
+    if names is None and getattr(dataset, "features", None) is not None:
+        names = list(dataset.features)
+    return names
+
+
+def _check_logit_postprocessing(model) -> None:
+    if not isinstance(model, PreTrainedModel):
+        return
+    config = model.config.get_text_config()
+    for attr in _UNSUPPORTED_LOGIT_ATTRS + ("final_logit_softcapping",):
+        value = getattr(config, attr, None)
+        if value is not None and not (attr in _UNSUPPORTED_LOGIT_ATTRS and value == 1):
+            raise ValueError(
+                f"{type(model).__name__} sets config.{attr}={value}; hf_kd's chunked losses project hidden states "
+                "with the plain lm_head and would ignore it. Use trl.DistillationTrainer for this model family."
+            )
+
+
+class DistillationTrainer(trl.DistillationTrainer):
+    r"""
+    Knowledge distillation of a causal LM with an entropy-controlled (sharpened) teacher.
+
+    Extends [`trl.DistillationTrainer`] (same arguments) with, from [`hf_kd.DistillationConfig`]:
+
+    - **teacher-only sharpening**: the teacher's next-token distribution is ``softmax(selectivity * z)``, in the loss
+      and when the teacher samples; or beta is solved for a `target_entropy` (per batch or per token);
+    - **completion sources**: `"student"` (on-policy), `"teacher"` (the sharpened teacher samples: online
+      sequence-level KD), `"dataset"` (the `completion` column) or a mixture drawn identically on every rank;
+    - **losses**: `"nll"` (no teacher forward), forward/reverse KL, generalized JSD, skew KLs, TVD, all computed in
+      token chunks from hidden states (memory bounded at large vocabularies).
+
+    Logged metrics (besides TRL's): `teacher_entropy` and `teacher_entropy_sharpened` (nats per completion token,
+    before/after sharpening), `selectivity` (mean beta used), `entropy` (the student's), `completions/from_<source>`.
+
+    LoRA: pass `peft_config` (target attention/MLP modules, not `lm_head`); `trainer.save_model()` writes the adapter,
+    and `trainer.model.merge_and_unload().save_pretrained(path)` writes a merged student.
+
+    Example:
+
+    ```python
+    >>> from hf_kd import DistillationConfig, DistillationTrainer
+    >>> args = DistillationConfig("out", completion_source="teacher", loss_type="nll", selectivity=2.0)
+    >>> trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset)
+    >>> trainer.train()
+    ```
+    """
+
+    _tag_names = ["trl", "distillation", "hf_kd"]
+
+    def __init__(
+        self,
+        model,
+        teacher_model=None,
+        args: DistillationConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        tools=None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
+            args = DistillationConfig(f"{str(name).rstrip('/').split('/')[-1] or 'model'}-hf_kd")
+        if not isinstance(args, DistillationConfig):
+            raise ValueError(
+                f"args must be an hf_kd.DistillationConfig (got {type(args).__name__}); it carries selectivity, "
+                "completion_source and loss_type. Build one with hf_kd.DistillationConfig(output_dir, ...)."
+            )
+        sources = args.source_probabilities()
+        needs_teacher = args.loss_type != "nll" or sources.get("teacher", 0) > 0
+        if needs_teacher and teacher_model is None:
+            raise ValueError(
+                f"loss_type={args.loss_type!r} with completion_source={args.completion_source!r} needs a "
+                "teacher_model (only loss_type='nll' on dataset completions trains without one)."
+            )
+        if tools and set(sources) != {"student"}:
+            raise ValueError("tools are only supported with completion_source='student' (multi-turn generation).")
+        if sources.get("dataset", 0) > 0:
+            for split, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+                for ds in dataset.values() if isinstance(dataset, dict) else [dataset]:
+                    names = _column_names(ds) if ds is not None else None
+                    if names is not None and COMPLETION_COLUMN not in names:
+                        raise ValueError(
+                            f"completion_source={args.completion_source!r} reads completions from a "
+                            f"'{COMPLETION_COLUMN}' column, but {split} has only {names}. Add the column (e.g. "
+                            "dataset.rename_column('response', 'completion')) or use another completion_source."
+                        )
+        if isinstance(model, PreTrainedModel) and isinstance(teacher_model, PreTrainedModel):
+            v_s = model.config.get_text_config().vocab_size
+            v_t = teacher_model.config.get_text_config().vocab_size
+            if v_s != v_t:
+                raise ValueError(
+                    f"student vocab_size {v_s} != teacher vocab_size {v_t}: distillation needs a shared tokenizer and "
+                    "vocabulary. Use a teacher and student from the same family, or resize one model's embeddings "
+                    "with model.resize_token_embeddings(len(tokenizer)) after aligning the tokenizers."
+                )
+        for m in (model, teacher_model):
+            _check_logit_postprocessing(m)
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        if tokenizer is not None and tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise ValueError(
+                    "the tokenizer has neither a pad token nor an EOS token; set one, e.g. "
+                    "tokenizer.add_special_tokens({'pad_token': '<pad>'}) and resize the model embeddings."
+                )
+            warnings.warn(f"tokenizer has no pad token; padding with EOS {tokenizer.eos_token!r}.", stacklevel=2)
+            tokenizer.pad_token = tokenizer.eos_token
+
+        super().__init__(
+            model=model,
+            teacher_model=teacher_model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            tools=tools,
+        )
+        vocab = self.model.config.get_text_config().vocab_size
+        if args.target_entropy is not None and args.target_entropy >= math.log(vocab):
+            raise ValueError(
+                f"target_entropy={args.target_entropy} nats is unreachable: with a vocabulary of {vocab} the entropy "
+                f"lies in (0, log V = {math.log(vocab):.4f}); choose a value inside that range."
+            )
+        self.source_probabilities = sources
+        self._source = "student"
+        self._pending_dataset = None
+        self._pending_stats = None
+
+    # ----------------------------------------------------------------------------------------------- completions
+    def _generate_and_score_completions(self, inputs):
+        # One source per generation batch, drawn from (seed, global step): the same on every rank and after a resume.
+        self._source = draw_source(self.source_probabilities, self.args.seed, self.state.global_step)
+        if self._source == "dataset":
+            self._pending_dataset = ([x["prompt"] for x in inputs], [x.get(COMPLETION_COLUMN) for x in inputs])
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        if len(self.source_probabilities) > 1:
+            for name in self.source_probabilities:
+                self._metrics[mode][f"completions/from_{name}"].append(float(name == self._source))
+        return output
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
+        if self._source == "dataset":
+            prompts, completions = self._pending_dataset
+            self._pending_dataset = None
+            return tokenize_completions(
+                self.processing_class,
+                prompts,
+                completions,
+                prompt_ids,
+                eos_token_id=self._tokenizer.eos_token_id,
+                max_length=self.max_completion_length,
+                chat_template_kwargs=self.chat_template_kwargs,
+            )
+        if self._source == "teacher":
+            return sample_completions(
+                self.accelerator.unwrap_model(self.teacher_model),
+                prompt_ids,
+                self.generation_config,
+                pad_token_id=self._tokenizer.pad_token_id,
+                eos_token_ids=self.eos_token_ids,
+                selectivity=self.args.selectivity,
+                target_entropy=self.args.target_entropy,
+                per_token=self.args.per_token_selectivity,
+            )
+        return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
+
+    # ------------------------------------------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # Gathered here, outside the DDP-wrapped forward, as TRL does for the student entropy.
+        stats, self._pending_stats = self._pending_stats, None
+        if stats is not None:
+            mode = "train" if self.model.training else "eval"
+            totals = self.accelerator.gather_for_metrics(stats.reshape(1, -1)).reshape(-1, stats.numel()).sum(0)
+            count = totals[0].clamp_min(1)
+            for name, value in zip(("teacher_entropy", "teacher_entropy_sharpened", "selectivity"), totals[1:]):
+                self._metrics[mode][name].append((value / count).item())
+        return result
+
+    def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
+        args = self.args
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        loss_mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            loss_mask = loss_mask * inputs["tool_mask"]
+        valid = loss_mask.bool()
+        logits_to_keep = inputs["completion_ids"].size(1)
+
+        student_head = unwrapped_student.get_output_embeddings()
+        h_s = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
+        h_s = h_s.to(student_head.weight.device)[valid.to(student_head.weight.device)]  # (N, H): scored tokens only
+        common = dict(
+            temperature=self.temperature,
+            jsd_beta=self.beta,
+            skew_alpha=args.skew_alpha,
+            num_items_in_batch=num_items_in_batch,
+            student_bias=student_head.bias,
+            chunk_size=args.loss_chunk_size,
+        )
+        if args.loss_type == "nll":
+            labels = inputs["completion_ids"][valid].to(h_s.device)
+            loss = chunked_distillation_loss(h_s, student_head.weight, loss_type="nll", labels=labels, **common)
+            teacher = None
+        else:
+            unwrapped_teacher = self.accelerator.unwrap_model(self.teacher_model)
+            self.teacher_model.eval()
+            with torch.no_grad():
+                h_t = self._forward_redirection(
+                    self.teacher_model,
+                    unwrapped_teacher,
+                    self._get_last_hidden_state,
+                    unwrapped_teacher,
+                    input_ids,
+                    attention_mask,
+                    logits_to_keep,
+                )
+            teacher_head = unwrapped_teacher.get_output_embeddings()
+            h_t = h_t.to(h_s.device)[valid.to(h_s.device)]
+            beta = self._selectivity_for(h_t, teacher_head.weight, teacher_head.bias)
+            loss = chunked_distillation_loss(
+                h_s,
+                student_head.weight,
+                h_t,
+                teacher_head.weight,
+                loss_type=args.loss_type,
+                selectivity=beta,
+                teacher_bias=teacher_head.bias,
+                **common,
+            )
+            teacher = (h_t, teacher_head.weight, teacher_head.bias, beta)
+        entropy_sum = self._entropy_sums(h_s.detach(), student_head.weight, student_head.bias, teacher)
+        return loss, entropy_sum, valid.sum()
+
+    def _chunks(self, n: int):
+        size = self.args.loss_chunk_size
+        return [slice(i, i + size) for i in range(0, n, size)]
+
+    @torch.no_grad()
+    def _selectivity_for(self, h_t, weight, bias) -> float | torch.Tensor:
+        """The teacher's beta: `args.selectivity`, or solved for `args.target_entropy` (scalar or `(N,)`)."""
+        args = self.args
+        if args.target_entropy is None:
+            return args.selectivity
+        if h_t.shape[0] == 0:
+            return 1.0
+        if args.per_token_selectivity:  # each token is independent: solve chunk by chunk, memory bounded
+            logits = (torch.nn.functional.linear(h_t[sl], weight, bias).float() for sl in self._chunks(h_t.shape[0]))
+            parts = [solve_selectivity(z, args.target_entropy, per_token=True) for z in logits]
+            return torch.cat(parts).to(h_t.dtype)
+        # One beta for the batch couples every token: this needs the (N, V) teacher logits of the scored tokens.
+        logits = torch.nn.functional.linear(h_t, weight, bias).float()
+        return solve_selectivity(logits, args.target_entropy).item()
+
+    @torch.no_grad()
+    def _entropy_sums(self, h_s, student_weight, student_bias, teacher) -> torch.Tensor:
+        """Sum of the student's token entropy; stashes (count, teacher entropy, sharpened entropy, beta) sums."""
+        student_sum = h_s.new_zeros((), dtype=torch.float32)
+        t_sums = torch.zeros(3, device=h_s.device)
+        for sl in self._chunks(h_s.shape[0]):
+            z_s = torch.nn.functional.linear(h_s[sl], student_weight, student_bias).float()
+            student_sum += token_entropy(z_s / self.temperature).sum()
+            if teacher is not None:
+                h_t, weight, bias, beta = teacher
+                z_t = torch.nn.functional.linear(h_t[sl], weight, bias).float()
+                b = beta[sl].float() if isinstance(beta, torch.Tensor) else torch.full((z_t.shape[0],), float(beta))
+                b = b.to(z_t.device)
+                ent = token_entropy(z_t)
+                sharp = ent if bool((b == 1).all()) else token_entropy(z_t * b[:, None])
+                t_sums += torch.stack([ent.sum(), sharp.sum(), b.sum()])
+        if teacher is not None:
+            self._pending_stats = torch.cat([torch.tensor([float(h_s.shape[0])], device=h_s.device), t_sums])
+        return student_sum
