@@ -1,6 +1,54 @@
-"""Precision and recall of generative models: likelihood-based (the paper's) and embedding-based."""
+"""Precision and recall of generative models: likelihood-based (the paper's) and embedding-based.
 
+Everything here works over one protocol (`sample`, `log_likelihood`; see [`GenerativeModel`]): the Gaussian-mixture
+model implements it natively and [`CausalLMAdapter`] gives it to a (model, tokenizer) pair.
+"""
+
+import os
+
+from .likelihood import (
+    bootstrap_ci,
+    bootstrap_difference,
+    compare_students,
+    precision,
+    precision_recall,
+    recall,
+    resolve_unit,
+    score_samples,
+)
 from .lm_adapter import CausalLMAdapter, score_token_sequences
 from .protocol import GenerativeModel, check_generative_model
 
-__all__ = ["CausalLMAdapter", "GenerativeModel", "check_generative_model", "score_token_sequences"]
+_METRICS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "evaluate")
+
+
+def metric_path(name: str) -> str:
+    """Absolute path of a shipped `evaluate` metric, to pass to `evaluate.load`.
+
+    Args:
+        name (`str`): ``"kd_precision_recall"`` or ``"kd_embedding_precision_recall"``.
+
+    Returns:
+        `str`: the metric's folder (named like its script, as `evaluate` requires).
+    """
+    available = sorted(d for d in os.listdir(_METRICS_DIR) if os.path.isfile(os.path.join(_METRICS_DIR, d, f"{d}.py")))
+    if name not in available:
+        raise ValueError(f"unknown metric {name!r}; hf_kd ships {available}.")
+    return os.path.join(_METRICS_DIR, name)
+
+
+__all__ = [
+    "CausalLMAdapter",
+    "GenerativeModel",
+    "bootstrap_ci",
+    "bootstrap_difference",
+    "check_generative_model",
+    "compare_students",
+    "metric_path",
+    "precision",
+    "precision_recall",
+    "recall",
+    "resolve_unit",
+    "score_samples",
+    "score_token_sequences",
+]
