@@ -91,7 +91,8 @@ class DistillationConfig(trl.DistillationConfig):
     per_token_selectivity: bool = field(
         default=False, metadata={"help": "With target_entropy, solve one beta per token instead of per batch."}
     )
-    completion_source: str | dict | None = field(
+    # Typed `str` for the CLI parser (a JSON string); a dict passed from Python is accepted too.
+    completion_source: str | None = field(
         default="student",
         metadata={"help": "'student', 'teacher', 'dataset' or a JSON dict of probabilities over them."},
     )
