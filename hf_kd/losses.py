@@ -27,9 +27,11 @@ from functools import partial
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .sharpening import check_selectivity
+from .sharpening import _check_finite, check_selectivity
 
 __all__ = ["LOSS_TYPES", "chunked_distillation_loss", "distillation_loss", "token_divergence"]
+
+LOGITS_PER_CHUNK = 2**22
 
 LOSS_TYPES = ("nll", "forward_kl", "reverse_kl", "generalized_jsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
 
@@ -176,8 +178,10 @@ def distillation_loss(
         `torch.Tensor`: scalar loss.
     """
     _check_arguments(loss_type, labels, teacher_logits, jsd_beta, skew_alpha, temperature)
+    _check_finite(student_logits.detach(), "student logits")
     if teacher_logits is not None:
         _check_vocab(student_logits.shape[-1], teacher_logits.shape[-1])
+        _check_finite(teacher_logits.detach(), "teacher logits")
     if loss_type != "nll":
         check_selectivity(selectivity)
     if mask is None:
@@ -219,7 +223,7 @@ def chunked_distillation_loss(
     num_items_in_batch: int | torch.Tensor | None = None,
     student_bias: torch.Tensor | None = None,
     teacher_bias: torch.Tensor | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """`distillation_loss` on the logits ``h @ W.T + b``, without materialising `(..., V)` logits.
 
@@ -233,7 +237,7 @@ def chunked_distillation_loss(
         teacher_hidden (`torch.Tensor` of shape `(..., H_t)`, *optional*): the teacher's last hidden states.
         teacher_weight (`torch.Tensor` of shape `(V, H_t)`, *optional*): the teacher's lm_head weight.
         student_bias, teacher_bias (`torch.Tensor` of shape `(V,)`, *optional*): lm_head biases.
-        chunk_size (`int`): tokens per chunk.
+        chunk_size (`int`, *optional*): tokens per chunk; by default about ``2**22`` logits (16 MB in float32) a chunk.
         loss_type, labels, mask, selectivity, temperature, jsd_beta, skew_alpha, num_items_in_batch: as in
             `distillation_loss`.
 
@@ -241,6 +245,8 @@ def chunked_distillation_loss(
         `torch.Tensor`: scalar loss, equal to `distillation_loss` on the full logits.
     """
     _check_arguments(loss_type, labels, teacher_hidden, jsd_beta, skew_alpha, temperature)
+    if chunk_size is None:
+        chunk_size = max(1, LOGITS_PER_CHUNK // student_weight.shape[0])
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (got {chunk_size}).")
     if loss_type == "nll":
@@ -250,6 +256,9 @@ def chunked_distillation_loss(
         if teacher_weight is None:
             raise ValueError(f"loss_type={loss_type!r} needs teacher_weight (the teacher's lm_head weight).")
         _check_vocab(student_weight.shape[0], teacher_weight.shape[0])
+    _check_finite(student_hidden.detach(), "student hidden states")
+    if teacher_hidden is not None:
+        _check_finite(teacher_hidden.detach(), "teacher hidden states")
     positions = student_hidden.shape[:-1]
     if mask is None:
         mask = _default_mask(positions, labels, student_hidden.device)
