@@ -64,7 +64,7 @@ def run(quick: bool = False, loss_type: str = "forward_kl", selectivity: float =
     result_dense = _measure(dense, inputs)
     return {
         "benchmark": "losses: dense vs chunked (fwd+bwd)",
-        "setting": f"{tokens} tokens x vocab {VOCAB} x hidden {HIDDEN}, float32, {loss_type}, selectivity {selectivity}",
+        "setting": f"{tokens} tokens x vocab {VOCAB} x hidden {HIDDEN}, float32, {loss_type}, beta {selectivity}",
         "threads": torch.get_num_threads(),
         "allocator": "glibc, M_MMAP_THRESHOLD fixed at 64 KiB (see benchmarks/memory.py)",
         "dense": result_dense,
