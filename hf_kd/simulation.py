@@ -1,0 +1,400 @@
+"""The paper's mixture-of-Gaussians study: distillation from a sharpened teacher trades recall for precision.
+
+p* is a fixed mixture of 8 Gaussians on the 3x3 grid without its centre (covariance 0.025 I). For every seed, a
+teacher p' with K' components is fit by EM on n samples of p*; for every selectivity beta a student p'' with K''
+components is fit on samples of the teacher whose mixture weights are sharpened to ``a_k**beta / sum_j a_j**beta``;
+the direct baseline p''(D) is the same student fit on the n samples of p*. Scores (expected log-likelihoods, higher
+is better), always under the TRUE p*:
+
+    precision = E_{x ~ p''} log p*(x)        recall = E_{x ~ p*} log p''(x)
+
+Results are means over seeds with 95 % t-intervals. Used by ``recipes/gmm_simulation.py`` and ``hf-kd simulate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .models.gmm import GMMConfig, GMMModel
+
+__all__ = [
+    "SimulationConfig",
+    "SimulationResults",
+    "add_simulation_arguments",
+    "config_from_args",
+    "main",
+    "mean_confidence_interval",
+    "plot_simulation",
+    "run_simulation",
+    "save_results",
+    "t_quantile",
+    "true_distribution",
+]
+
+COLUMNS = ("selectivity", "precision", "precision_ci", "recall", "recall_ci", "seeds_more_precise_less_recall")
+
+
+@dataclass
+class SimulationConfig:
+    """Settings of the mixture-of-Gaussians study (defaults: the paper's notebook, over 20 seeds).
+
+    Args:
+        teacher_components (`int`): K', components of the teacher p'.
+        student_components (`int`): K'', components of the students p'' and of the direct baseline.
+        num_train_samples (`int`): n, samples of p* the teacher and the baseline are fit on.
+        num_teacher_samples (`int`): samples of the sharpened teacher each student is fit on.
+        num_eval_samples (`int`): samples drawn to estimate each precision and recall.
+        selectivities (`tuple[float, ...]`): betas of the sweep (``inf`` = the heaviest teacher component only).
+        num_seeds (`int`): independent repetitions (new p* samples, teacher, students).
+        seed (`int`): first seed; seeds ``seed .. seed + num_seeds - 1`` are run.
+        teacher_covariance_type, student_covariance_type (`str`): ``"full"``, ``"diag"`` or ``"spherical"``.
+        max_iter (`int`), tol (`float`): EM settings of every fit.
+        output_dir (`str`, *optional*): where `save_results` writes ``gmm_simulation.{json,csv,png}``.
+        plot (`bool`): also draw the PNG figure.
+    """
+
+    teacher_components: int = 4
+    student_components: int = 1
+    num_train_samples: int = 100
+    num_teacher_samples: int = 1000
+    num_eval_samples: int = 10000
+    selectivities: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 100.0, math.inf)
+    num_seeds: int = 20
+    seed: int = 0
+    teacher_covariance_type: str = "diag"
+    student_covariance_type: str = "diag"
+    max_iter: int = 100
+    tol: float = 1e-3
+    output_dir: str | None = None
+    plot: bool = True
+
+    def __post_init__(self):
+        self.selectivities = tuple(float(b) for b in self.selectivities)
+        if not self.selectivities or any(math.isnan(b) or b <= 0 for b in self.selectivities):
+            raise ValueError(f"selectivities must be non-empty and all > 0 (got {self.selectivities}).")
+        counts = {
+            "teacher_components": self.teacher_components,
+            "student_components": self.student_components,
+            "num_teacher_samples": self.num_teacher_samples,
+            "num_eval_samples": self.num_eval_samples,
+            "num_seeds": self.num_seeds,
+        }
+        for name, value in counts.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1 (got {value}).")
+        largest = max(self.teacher_components, self.student_components)
+        if self.num_train_samples < largest:
+            raise ValueError(
+                f"num_train_samples={self.num_train_samples} is smaller than the {largest} components to fit on "
+                "them; raise num_train_samples or lower the component counts."
+            )
+        if self.num_teacher_samples < self.student_components:
+            raise ValueError("num_teacher_samples must be at least student_components.")
+
+
+@dataclass
+class SimulationResults:
+    """Per-seed scores and their summary. `precision` and `recall` are `(num_seeds, num_selectivities)` tensors;
+    the baselines are `(num_seeds,)`. `example` holds the models of the first seed, for the figure."""
+
+    config: SimulationConfig
+    precision: torch.Tensor
+    recall: torch.Tensor
+    baseline_precision: torch.Tensor
+    baseline_recall: torch.Tensor
+    rows: list[dict] = field(default_factory=list)
+    example: dict = field(default_factory=dict, repr=False)
+
+    def table(self) -> str:
+        """The summary as a Markdown table (mean +- 95 % CI half-width over seeds)."""
+        lines = [
+            "| student | precision E_p''[log p*] | recall E_p*[log p''] | seeds: precision up and recall down |",
+            "|---|---|---|---|",
+        ]
+        for row in self.rows:
+            name = "direct, p''(D)" if row["selectivity"] == "direct" else f"distilled, beta = {row['selectivity']}"
+            wins = row["seeds_more_precise_less_recall"]
+            lines.append(
+                f"| {name} | {row['precision']:.2f} +- {_ci(row['precision_ci'])} | {row['recall']:.2f} +- "
+                f"{_ci(row['recall_ci'])} | {'' if wins is None else f'{wins}/{self.config.num_seeds}'} |"
+            )
+        return "\n".join(lines)
+
+
+def _ci(half_width: float | None) -> str:
+    return "n/a" if half_width is None else f"{half_width:.2g}"
+
+
+def true_distribution(dtype: torch.dtype = torch.float64) -> GMMModel:
+    """p*: 8 equal-weight Gaussians with means on {-1, 0, 1}^2 without the centre and covariance 0.025 I."""
+    grid = torch.tensor([(i, j) for i in (-1.0, 0.0, 1.0) for j in (-1.0, 0.0, 1.0) if (i, j) != (0.0, 0.0)])
+    model = GMMModel(GMMConfig(num_components=8, dim=2, covariance_type="spherical")).to(dtype)
+    return model.set_parameters(torch.full((8,), 1 / 8), grid, torch.full((8,), 0.025))
+
+
+@functools.lru_cache(maxsize=64)
+def t_quantile(q: float, df: int) -> float:
+    """Quantile of Student's t distribution, by bisection on its CDF (Simpson's rule on the density).
+
+    Args:
+        q (`float`): probability in (0.5, 1).
+        df (`int`): degrees of freedom, >= 1.
+
+    Returns:
+        `float`: t such that P(T <= t) = q.
+    """
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(t: float) -> float:
+        u = torch.linspace(0, t, 4001, dtype=torch.float64)  # Simpson's rule, 4000 intervals
+        pdf = torch.exp(log_norm - (df + 1) / 2 * torch.log1p(u**2 / df))
+        weights = torch.ones_like(u)
+        weights[1:-1:2], weights[2:-1:2] = 4, 2
+        return 0.5 + float((weights * pdf).sum()) * t / 12000
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < q:
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_confidence_interval(values: torch.Tensor, level: float = 0.95) -> tuple[float, float]:
+    """Mean and t-interval half-width ``t_{(1+level)/2, S-1} * sd / sqrt(S)`` over seeds (nan when S < 2)."""
+    values = values.double()
+    mean = float(values.mean())
+    if values.numel() < 2:
+        return mean, math.nan
+    return mean, t_quantile((1 + level) / 2, values.numel() - 1) * float(values.std()) / math.sqrt(values.numel())
+
+
+def _fit(data: torch.Tensor, components: int, covariance_type: str, config: SimulationConfig, seed: int) -> GMMModel:
+    model = GMMModel(GMMConfig(num_components=components, dim=2, covariance_type=covariance_type)).double()
+    return model.fit(data, max_iter=config.max_iter, tol=config.tol, seed=seed)
+
+
+def _scores(student: GMMModel, p_star: GMMModel, truth_eval: torch.Tensor, seed: int, n: int) -> tuple[float, float]:
+    """(precision, recall) of a student: E_{x~p''} log p*(x) and E_{x~p*} log p''(x)."""
+    student_eval = student.sample(n, selectivity=1.0, generator=torch.Generator().manual_seed(seed))
+    return float(p_star.log_prob(student_eval).mean()), float(student.log_prob(truth_eval).mean())
+
+
+@torch.no_grad()
+def run_simulation(config: SimulationConfig | None = None, progress: bool = True) -> SimulationResults:
+    """Run the study over all seeds and selectivities (see the module docstring).
+
+    Within a seed every selectivity reuses the same random streams (teacher draws, student draws, p* evaluation
+    points), so differences between selectivities are not sampling noise between streams.
+
+    Args:
+        config ([`SimulationConfig`], *optional*): settings (defaults: the paper's notebook over 20 seeds).
+        progress (`bool`): show a tqdm bar over seeds.
+
+    Returns:
+        [`SimulationResults`] with per-seed scores, the summary rows and the first seed's models.
+    """
+    config = config or SimulationConfig()
+    p_star = true_distribution()
+    num_betas = len(config.selectivities)
+    precision = torch.empty(config.num_seeds, num_betas, dtype=torch.float64)
+    recall = torch.empty_like(precision)
+    base_precision = torch.empty(config.num_seeds, dtype=torch.float64)
+    base_recall = torch.empty_like(base_precision)
+    example = {}
+    for i in tqdm(range(config.num_seeds), desc="gmm simulation (seeds)", disable=not progress):
+        seed = config.seed + i
+        gen = torch.Generator().manual_seed(seed)
+        train = p_star.sample(config.num_train_samples, generator=gen)
+        truth_eval = p_star.sample(config.num_eval_samples, generator=gen)
+        teacher = _fit(train, config.teacher_components, config.teacher_covariance_type, config, seed)
+        baseline = _fit(train, config.student_components, config.student_covariance_type, config, seed)
+        student_seed = seed + 7_919_000  # its own stream, shared by every student of this seed
+        n_eval = config.num_eval_samples
+        base_precision[i], base_recall[i] = _scores(baseline, p_star, truth_eval, student_seed, n_eval)
+        students = []
+        for j, beta in enumerate(config.selectivities):
+            teacher_gen = torch.Generator().manual_seed(seed + 3_571_000)
+            distill_set = teacher.sample(config.num_teacher_samples, selectivity=beta, generator=teacher_gen)
+            student = _fit(distill_set, config.student_components, config.student_covariance_type, config, seed)
+            precision[i, j], recall[i, j] = _scores(student, p_star, truth_eval, student_seed, n_eval)
+            students.append(student)
+        if i == 0:
+            example = dict(p_star=p_star, train=train, teacher=teacher, baseline=baseline, students=students)
+    results = SimulationResults(config, precision, recall, base_precision, base_recall, example=example)
+    results.rows = _summary_rows(results)
+    return results
+
+
+def _summary_rows(results: SimulationResults) -> list[dict]:
+    def row(label, precision, recall, wins):
+        (p, p_ci), (r, r_ci) = mean_confidence_interval(precision), mean_confidence_interval(recall)
+        values = dict(zip(COLUMNS, (label, p, p_ci, r, r_ci, wins)))
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
+
+    rows = [row("direct", results.baseline_precision, results.baseline_recall, None)]
+    for j, beta in enumerate(results.config.selectivities):
+        more_precise = results.precision[:, j] > results.baseline_precision
+        better = more_precise & (results.recall[:, j] < results.baseline_recall)
+        label = "inf" if math.isinf(beta) else f"{beta:g}"
+        rows.append(row(label, results.precision[:, j], results.recall[:, j], int(better.sum())))
+    return rows
+
+
+def _jsonable(value):
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def save_results(results: SimulationResults, output_dir: str, stem: str = "gmm_simulation") -> dict[str, str]:
+    """Write ``<stem>.json`` (config, summary, per-seed scores), ``<stem>.csv`` (summary) and, when
+    ``config.plot``, ``<stem>.png`` into `output_dir`. Returns the paths written."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {"json": os.path.join(output_dir, f"{stem}.json"), "csv": os.path.join(output_dir, f"{stem}.csv")}
+    config = {k: _jsonable(v) for k, v in asdict(results.config).items()}
+    per_seed = {
+        "seeds": list(range(results.config.seed, results.config.seed + results.config.num_seeds)),
+        "precision": results.precision.tolist(),
+        "recall": results.recall.tolist(),
+        "baseline_precision": results.baseline_precision.tolist(),
+        "baseline_recall": results.baseline_recall.tolist(),
+    }
+    payload = {"config": config, "summary": results.rows, "per_seed": per_seed, "table": results.table()}
+    with open(paths["json"], "w") as f:
+        json.dump(payload, f, indent=2, allow_nan=False)
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(results.rows)
+    if results.config.plot:
+        paths["png"] = plot_simulation(results, os.path.join(output_dir, f"{stem}.png"))
+    return paths
+
+
+@torch.no_grad()
+def plot_simulation(results: SimulationResults, path: str) -> str:
+    """Draw the precision-recall frontier (means with 95 % CI bars) and density contours of p*, the teacher, the
+    direct baseline and every student of the first seed. Saves a PNG at `path` and returns it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    config, ex = results.config, results.example
+    labels = ["inf" if math.isinf(b) else f"{b:g}" for b in config.selectivities]
+    colors = plt.cm.viridis(torch.linspace(0, 0.9, len(labels)).tolist())
+    fig = plt.figure(figsize=(14, 6.6), layout="constrained")
+    grid = fig.add_gridspec(3, 2 + math.ceil((3 + len(labels)) / 3))
+    ax = fig.add_subplot(grid[:, :2])
+    _draw_frontier(ax, results.rows, colors, labels)
+    ax.set_xlabel(r"recall  $E_{x\sim p^*}\,\log p''(x)$   (higher: better coverage)")
+    ax.set_ylabel(r"precision  $E_{x\sim p''}\,\log p^*(x)$   (higher: better samples)")
+    ax.set_title(f"Precision-recall over {config.num_seeds} seeds (mean, 95% CI)")
+    ax.legend(fontsize=8, loc="lower left")
+    # Zoom on the points crowded near the baseline when the sweep spans a much wider recall range.
+    recalls = [r["recall"] for r in results.rows]
+    span = max(recalls) - min(recalls)
+    near = [r for r in results.rows if abs(r["recall"] - recalls[0]) < 0.15 * span]
+    if span > 0 and len(near) >= 3:
+        inset = ax.inset_axes([0.55, 0.5, 0.42, 0.42])
+        _draw_frontier(inset, results.rows, colors, labels)
+        lo = min(r["recall"] - (r["recall_ci"] or 0) for r in near)
+        hi = max(r["recall"] + (r["recall_ci"] or 0) for r in near)
+        bottom = min(r["precision"] - (r["precision_ci"] or 0) for r in near)
+        top = max(r["precision"] + (r["precision_ci"] or 0) for r in near)
+        inset.set_xlim(lo - 0.1 * (hi - lo), hi + 0.3 * (hi - lo))  # room for the labels
+        inset.set_ylim(bottom - 0.1 * (top - bottom), top + 0.1 * (top - bottom))
+        inset.tick_params(labelsize=7)
+        ax.indicate_inset_zoom(inset, edgecolor="0.4")
+
+    xs = torch.linspace(-2, 2, 160, dtype=torch.float64)
+    points = torch.cartesian_prod(xs, xs)
+    truth = ex["p_star"].log_prob(points).exp().reshape(160, 160).T
+
+    def contour(cell, model, title, color, scatter=None):
+        sub = fig.add_subplot(cell)
+        sub.contourf(xs, xs, truth, levels=8, cmap="Greys", alpha=0.6)
+        if model is not None:
+            density = model.log_prob(points).exp().reshape(160, 160).T
+            sub.contour(xs, xs, density, levels=6, colors=[color], linewidths=1.0)
+        if scatter is not None:
+            sub.scatter(scatter[:, 0], scatter[:, 1], s=4, color=color)
+        sub.set_title(title, fontsize=9)
+        sub.set_xticks([]), sub.set_yticks([])
+        sub.set_aspect("equal")
+
+    cells = [grid[r, c] for r in range(3) for c in range(2, grid.ncols)]
+    contour(cells[0], None, f"p* and its n={config.num_train_samples} samples", "crimson", ex["train"])
+    contour(cells[1], ex["teacher"], f"teacher p' (K'={config.teacher_components})", "tab:blue")
+    contour(cells[2], ex["baseline"], "direct p''(D)", "crimson")
+    for cell, student, label, color in zip(cells[3:], ex["students"], labels, colors):
+        contour(cell, student, f"student, beta = {label}", color)
+    fig.suptitle(f"Distilling a sharpened Gaussian-mixture teacher (grey: p*; seed {config.seed})")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _draw_frontier(ax, rows: list[dict], colors, labels: list[str]) -> None:
+    for row, color, label in zip(rows[1:], colors, labels):
+        ax.errorbar(row["recall"], row["precision"], xerr=row["recall_ci"], yerr=row["precision_ci"], fmt="o",
+                    color=color, capsize=3, label=f"distilled, beta = {label}")  # fmt: skip
+        ax.annotate(f"β={label}", (row["recall"], row["precision"]), textcoords="offset points", xytext=(6, 4),
+                    fontsize=7, color=color, clip_on=True)  # fmt: skip
+    ax.plot([r["recall"] for r in rows[1:]], [r["precision"] for r in rows[1:]], color="0.6", zorder=0)
+    base = rows[0]
+    ax.errorbar(base["recall"], base["precision"], xerr=base["recall_ci"], yerr=base["precision_ci"], fmt="*",
+                color="crimson", markersize=12, capsize=3, label="direct, p''(D)")  # fmt: skip
+    ax.grid(alpha=0.3)
+
+
+def add_simulation_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the [`SimulationConfig`] options (``--teacher-components`` ...) to an argparse parser."""
+    d = SimulationConfig()
+    parser.add_argument("--teacher-components", type=int, default=d.teacher_components, help="K' of the teacher.")
+    parser.add_argument("--student-components", type=int, default=d.student_components, help="K'' of students.")
+    parser.add_argument("--num-train-samples", type=int, default=d.num_train_samples, help="n samples of p*.")
+    parser.add_argument("--num-teacher-samples", type=int, default=d.num_teacher_samples, help="Distillation set.")
+    parser.add_argument("--num-eval-samples", type=int, default=d.num_eval_samples, help="Samples per score.")
+    parser.add_argument("--selectivities", type=float, nargs="+", default=list(d.selectivities),
+                        help="Betas of the sweep ('inf' = heaviest teacher component).")  # fmt: skip
+    parser.add_argument("--num-seeds", type=int, default=d.num_seeds)
+    parser.add_argument("--seed", type=int, default=d.seed, help="First seed.")
+    for who in ("teacher", "student"):
+        parser.add_argument(f"--{who}-covariance-type", choices=("full", "diag", "spherical"), default="diag")
+    parser.add_argument("--max-iter", type=int, default=d.max_iter, help="EM iterations.")
+    parser.add_argument("--tol", type=float, default=d.tol, help="EM tolerance on the mean log-likelihood.")
+    parser.add_argument("--output-dir", default="gmm_simulation_output", help="Where JSON, CSV and PNG go.")
+    parser.add_argument("--no-plot", dest="plot", action="store_false", help="Skip the PNG figure.")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="Hide the progress bar.")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SimulationConfig:
+    """Build a [`SimulationConfig`] from parsed `add_simulation_arguments` options."""
+    names = SimulationConfig.__dataclass_fields__
+    return SimulationConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def main(argv: list[str] | None = None) -> SimulationResults:
+    """Parse options, run the study, print the table and write JSON, CSV and PNG."""
+    parser = add_simulation_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    args = parser.parse_args(argv)
+    results = run_simulation(config_from_args(args), progress=args.progress)
+    print(results.table())
+    for kind, path in save_results(results, args.output_dir).items():
+        print(f"wrote {kind}: {path}")
+    return results
