@@ -6,6 +6,8 @@ model implements it natively and [`CausalLMAdapter`] gives it to a (model, token
 
 import os
 
+from .callback import PrecisionRecallCallback
+from .embedding import TextEmbedder, default_embedder_path, embedding_precision_recall, knn_precision_recall
 from .likelihood import (
     bootstrap_ci,
     bootstrap_difference,
@@ -16,7 +18,7 @@ from .likelihood import (
     resolve_unit,
     score_samples,
 )
-from .lm_adapter import CausalLMAdapter, score_token_sequences
+from .lm_adapter import CausalLMAdapter, as_generative_model, score_token_sequences
 from .protocol import GenerativeModel, check_generative_model
 
 _METRICS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "evaluate")
@@ -40,10 +42,16 @@ def metric_path(name: str) -> str:
 __all__ = [
     "CausalLMAdapter",
     "GenerativeModel",
+    "PrecisionRecallCallback",
+    "TextEmbedder",
+    "as_generative_model",
     "bootstrap_ci",
     "bootstrap_difference",
     "check_generative_model",
     "compare_students",
+    "default_embedder_path",
+    "embedding_precision_recall",
+    "knn_precision_recall",
     "metric_path",
     "precision",
     "precision_recall",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -184,7 +185,7 @@ class TextEmbedder:
 def embedding_precision_recall(
     reference_texts: list[str],
     student_texts: list[str],
-    embedder: str | TextEmbedder | None = None,
+    embedder: str | TextEmbedder | Callable[[list[str]], torch.Tensor] | None = None,
     k: int = 5,
     **embedder_kwargs,
 ) -> dict[str, Any]:
@@ -193,16 +194,19 @@ def embedding_precision_recall(
     Args:
         reference_texts (`list[str]`): reference (real) samples.
         student_texts (`list[str]`): student (generated) samples.
-        embedder (`str` or [`TextEmbedder`], *optional*): an encoder id or path, or a loaded embedder (reuse one
-            across calls); default all-MiniLM-L6-v2.
+        embedder (`str`, [`TextEmbedder`] or callable, *optional*): an encoder id or path, a loaded embedder
+            (reuse one across calls) or any function mapping a list of texts to an `(N, D)` tensor; default
+            all-MiniLM-L6-v2.
         k (`int`): neighbourhood size.
         embedder_kwargs: passed to [`TextEmbedder`] when it is built here.
 
     Returns:
         `dict`: the keys of [`knn_precision_recall`] plus ``embedder`` (its name or path).
     """
-    if not isinstance(embedder, TextEmbedder):
+    if embedder is None or isinstance(embedder, str):
         embedder = TextEmbedder(embedder, **embedder_kwargs)
+    if not callable(embedder):
+        raise ValueError(f"embedder must be an encoder id/path, a TextEmbedder or a callable (got {embedder!r}).")
     result = knn_precision_recall(embedder(list(reference_texts)), embedder(list(student_texts)), k=k)
-    result["embedder"] = embedder.name_or_path
+    result["embedder"] = getattr(embedder, "name_or_path", getattr(embedder, "__name__", type(embedder).__name__))
     return result

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..sharpening import check_selectivity
 
-__all__ = ["CausalLMAdapter", "score_token_sequences"]
+__all__ = ["CausalLMAdapter", "as_generative_model", "score_token_sequences"]
 
 
 def _unwrap(model):
@@ -376,3 +376,29 @@ class CausalLMAdapter:
         if return_tokens:
             return out
         return tok.batch_decode(out, skip_special_tokens=True)
+
+
+def as_generative_model(obj, **adapter_kwargs):
+    """Turn what a user hands over into a protocol model.
+
+    Args:
+        obj: a protocol model (returned as is), a ``(model, tokenizer)`` pair, or a causal LM id / local path
+            (loaded with `AutoModelForCausalLM` and `AutoTokenizer`).
+        adapter_kwargs: passed to [`CausalLMAdapter`] when one is built.
+
+    Returns:
+        An object with ``sample`` and ``log_likelihood``.
+    """
+    if hasattr(obj, "sample") and hasattr(obj, "log_likelihood"):
+        return obj
+    if isinstance(obj, (tuple, list)) and len(obj) == 2:
+        return CausalLMAdapter(obj[0], obj[1], **adapter_kwargs)
+    if isinstance(obj, str):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(obj), AutoTokenizer.from_pretrained(obj)
+        return CausalLMAdapter(model, tokenizer, **adapter_kwargs)
+    raise ValueError(
+        f"expected a model with sample/log_likelihood, a (model, tokenizer) pair or a model id/path; got "
+        f"{type(obj).__name__}."
+    )
