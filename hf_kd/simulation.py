@@ -34,12 +34,15 @@ __all__ = [
     "main",
     "mean_confidence_interval",
     "plot_simulation",
+    "run_from_args",
     "run_simulation",
     "save_results",
     "t_quantile",
     "true_distribution",
 ]
 
+# Seed offsets of the random streams shared by all selectivities within a seed (teacher draws, student draws).
+TEACHER_STREAM, STUDENT_STREAM = 3_571_000, 7_919_000
 COLUMNS = ("selectivity", "precision", "precision_ci", "recall", "recall_ci", "seeds_more_precise_less_recall")
 
 
@@ -219,12 +222,12 @@ def run_simulation(config: SimulationConfig | None = None, progress: bool = True
         truth_eval = p_star.sample(config.num_eval_samples, generator=gen)
         teacher = _fit(train, config.teacher_components, config.teacher_covariance_type, config, seed)
         baseline = _fit(train, config.student_components, config.student_covariance_type, config, seed)
-        student_seed = seed + 7_919_000  # its own stream, shared by every student of this seed
+        student_seed = seed + STUDENT_STREAM
         n_eval = config.num_eval_samples
         base_precision[i], base_recall[i] = _scores(baseline, p_star, truth_eval, student_seed, n_eval)
         students = []
         for j, beta in enumerate(config.selectivities):
-            teacher_gen = torch.Generator().manual_seed(seed + 3_571_000)
+            teacher_gen = torch.Generator().manual_seed(seed + TEACHER_STREAM)
             distill_set = teacher.sample(config.num_teacher_samples, selectivity=beta, generator=teacher_gen)
             student = _fit(distill_set, config.student_components, config.student_covariance_type, config, seed)
             precision[i, j], recall[i, j] = _scores(student, p_star, truth_eval, student_seed, n_eval)
@@ -389,12 +392,17 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
     return SimulationConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
-def main(argv: list[str] | None = None) -> SimulationResults:
-    """Parse options, run the study, print the table and write JSON, CSV and PNG."""
-    parser = add_simulation_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
-    args = parser.parse_args(argv)
+def run_from_args(args: argparse.Namespace) -> SimulationResults:
+    """Run the study from parsed `add_simulation_arguments` options, print the table and write JSON, CSV and PNG
+    (what ``hf-kd simulate`` and ``recipes/gmm_simulation.py`` do)."""
     results = run_simulation(config_from_args(args), progress=args.progress)
     print(results.table())
     for kind, path in save_results(results, args.output_dir).items():
         print(f"wrote {kind}: {path}")
     return results
+
+
+def main(argv: list[str] | None = None) -> SimulationResults:
+    """Command-line entry point: parse `argv` and call [`run_from_args`]."""
+    parser = add_simulation_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    return run_from_args(parser.parse_args(argv))
