@@ -1,0 +1,465 @@
+"""Offline teacher-sample datasets for sequence-level KD: generate once, distil many students.
+
+`generate_distillation_dataset` samples `num_samples` completions from a (sharpened) teacher and writes them as
+parquet shards under ``output_dir/data/`` plus a dataset card (``README.md``) ready for ``push_to_hub``.
+
+Reproducibility. Sample ``i`` draws its randomness from ``(seed, i)`` alone: its own `torch.Generator` pre-draws one
+uniform per step, and the token is the inverse-CDF draw of the sampling distribution at that uniform. Batches are
+fixed sets of ids (batch ``k`` holds ids ``[k * batch_size, (k + 1) * batch_size)``) and one batch is one shard, so
+sample ``i`` is the same bit for bit whatever the number of processes and wherever a run was interrupted (a
+different `batch_size` changes only floating-point rounding of the logits, hence rare near-tie tokens).
+With `target_entropy` the selectivity is solved per row and step by default (`per_token_selectivity`), so a
+sample's distribution depends on its own prefix only.
+
+Resume and sharding. Shards are written to a temporary file and renamed (atomic); a restarted run with the same
+arguments skips the shards on disk and ends with exactly `num_samples` unique ids. Under ``torchrun`` /
+``accelerate launch`` rank ``r`` of ``w`` writes shards ``k`` with ``k % w == r``; the union is the one-process run.
+
+Decoding. A plain KV-cache loop (not `model.generate`): finished rows leave the batch, and the same forward pass
+gives every column below, so no second scoring pass is needed (`hf_kd.metrics.lm_adapter` scores sequences that
+already exist; here that would double the teacher's compute: the tests use it as the independent check).
+
+Columns: ``sample_id``, ``prompt``, ``completion`` (text, special tokens skipped), ``completion_ids`` (ending with EOS
+when the teacher stopped), ``num_tokens``, ``finished`` (ended with EOS), ``teacher_logprob`` (sum of log-probs under
+the UNsharpened teacher), ``sampling_logprob`` (sum under the distribution sampled from: sharpening, top-k, top-p;
+0 for greedy), ``mean_selectivity`` (mean beta over the tokens), and with ``store_topk=K``: ``topk_ids`` and
+``topk_logprobs`` (the UNsharpened teacher's K most likely ids per completion token, not renormalised; the tail mass
+is ``1 - sum(exp(topk_logprobs))``, see `hf_kd.topk`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from .sequence_sampling import sample_batch, sample_seed
+from .sharpening import check_selectivity
+
+__all__ = [
+    "add_generate_arguments",
+    "generate_distillation_dataset",
+    "generate_from_args",
+    "sample_batch",
+    "sample_seed",
+]
+
+ARGS_FILE = "generation_args.json"
+BACKENDS = ("transformers", "vllm")
+
+
+# ---------------------------------------------------------------------------------------------------------- I/O
+def _schema(store_topk: int):
+    import pyarrow as pa
+
+    fields = [
+        ("sample_id", pa.int64()),
+        ("prompt", pa.string()),
+        ("completion", pa.string()),
+        ("completion_ids", pa.list_(pa.int32())),
+        ("num_tokens", pa.int32()),
+        ("finished", pa.bool_()),
+        ("teacher_logprob", pa.float64()),
+        ("sampling_logprob", pa.float64()),
+        ("mean_selectivity", pa.float64()),
+    ]
+    if store_topk:
+        fields += [("topk_ids", pa.list_(pa.list_(pa.int32()))), ("topk_logprobs", pa.list_(pa.list_(pa.float32())))]
+    return pa.schema(fields)
+
+
+def _shard_path(output_dir: str, k: int, num_shards: int) -> str:
+    return os.path.join(output_dir, "data", f"train-{k:05d}-of-{num_shards:05d}.parquet")
+
+
+def _write_atomic(table, path: str) -> None:
+    import pyarrow.parquet as pq
+
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)  # a reader (or a resumed run) sees the whole shard or none of it
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _wait_for(paths: list[str], timeout_s: float) -> None:
+    """All ranks wait for every shard: a process-group barrier when there is one, else the files themselves."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    deadline = time.monotonic() + timeout_s
+    while missing := [p for p in paths if not os.path.exists(p)]:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(missing)} shards never appeared (first: {missing[0]}); did another rank fail?")
+        time.sleep(0.5)
+
+
+def _check_or_record_arguments(output_dir: str, record: dict) -> None:
+    path = os.path.join(output_dir, ARGS_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        changed = {k for k in record.keys() | previous.keys() if k != "command" and record.get(k) != previous.get(k)}
+        if changed:
+            raise ValueError(
+                f"{output_dir} holds a run with different arguments ({', '.join(sorted(changed))}); resuming would "
+                "mix two distributions. Use a new output_dir, or the same arguments to resume."
+            )
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------------ backends
+def _rows_transformers(model, shard_ids, prompt_ids, seed, eos_ids, pad_id, sampling) -> list[dict]:
+    return sample_batch(
+        model, [prompt_ids[i] for i in shard_ids], shard_ids, seed=seed, eos_token_ids=eos_ids, pad_token_id=pad_id,
+        **sampling,
+    )  # fmt: skip
+
+
+def _vllm_engine(teacher: str, revision, seed: int, dtype):
+    from vllm import LLM
+
+    # raw log-probs (vLLM's default logprobs mode) are the UNsharpened teacher's.
+    return LLM(model=teacher, revision=revision, seed=seed, dtype=dtype or "auto")
+
+
+def _rows_vllm(engine, shard_ids, prompt_ids, seed, eos_ids, sampling) -> list[dict]:
+    """vLLM path: one request per sample, seeded by ``sample_seed(seed, id)`` (vLLM's per-request generator).
+
+    vLLM returns one log-prob mode per engine (raw teacher log-probs), so ``sampling_logprob`` is NaN here.
+    """
+    from vllm import SamplingParams
+
+    beta, k = sampling["selectivity"], max(sampling["store_topk"], 1)
+    requests = [{"prompt_token_ids": prompt_ids[i]} for i in shard_ids]
+    params = [
+        SamplingParams(
+            temperature=0.0 if math.isinf(beta) else 1.0 / beta,
+            top_k=sampling["top_k"] or -1,
+            top_p=sampling["top_p"] or 1.0,
+            max_tokens=sampling["max_new_tokens"],
+            seed=sample_seed(seed, i),
+            logprobs=k,
+            stop_token_ids=eos_ids,
+            ignore_eos=False,
+            include_stop_str_in_output=True,
+        )  # fmt: skip
+        for i in shard_ids
+    ]
+    rows = []
+    for result in engine.generate(requests, params, use_tqdm=False):
+        out = result.outputs[0]
+        ids = list(out.token_ids)
+        row = {"completion_ids": ids, "sampling_logprob": math.nan, "mean_selectivity": beta}
+        row["teacher_logprob"] = sum(step[t].logprob for step, t in zip(out.logprobs, ids))
+        row["finished"] = bool(ids) and ids[-1] in eos_ids
+        if sampling["store_topk"]:
+            tops = [
+                sorted(step.items(), key=lambda kv: -kv[1].logprob)[: sampling["store_topk"]] for step in out.logprobs
+            ]
+            row["topk_ids"] = [[t for t, _ in top] for top in tops]
+            row["topk_logprobs"] = [[lp.logprob for _, lp in top] for top in tops]
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------- API
+def _validate(num_samples, batch_size, max_new_tokens, selectivity, temperature, target_entropy, top_k, top_p,
+              store_topk, prompt, prompts, backend, teacher) -> float:  # fmt: skip
+    """Check the arguments early; return the selectivity."""
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer (got {value!r}).")
+    if sum(x is not None for x in (selectivity, temperature, target_entropy)) > 1:
+        raise ValueError("give one of selectivity (beta), temperature (1 / beta) or target_entropy, not several.")
+    if temperature is not None:
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (got {temperature}); 0 is greedy decoding.")
+        selectivity = math.inf if temperature == 0 else 1.0 / temperature
+    selectivity = 1.0 if selectivity is None else float(selectivity)
+    check_selectivity(selectivity)
+    if target_entropy is not None and not target_entropy > 0:
+        raise ValueError(f"target_entropy must be > 0 nats per token (got {target_entropy}).")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (got {top_k}); 0 or None turns it off.")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (got {top_p}); 1 or None turns it off.")
+    if store_topk < 0:
+        raise ValueError(f"store_topk must be >= 0 (got {store_topk}); 0 stores no top-k log-probs.")
+    if prompt is not None and prompts is not None:
+        raise ValueError("give a fixed `prompt` or a list of `prompts`, not both.")
+    if prompts is not None and len(prompts) == 0:
+        raise ValueError("`prompts` is empty; give at least one prompt (sample i uses prompts[i % len(prompts)]).")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is unknown; choose one of {BACKENDS}.")
+    if backend == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError as err:
+            raise ValueError(
+                "backend='vllm' needs vLLM, which is not importable here (`pip install vllm`, on a GPU machine); "
+                "use backend='transformers'."
+            ) from err
+        if not isinstance(teacher, str):
+            raise ValueError("backend='vllm' loads the teacher itself: pass a model id or path, not a loaded model.")
+        if target_entropy is not None:
+            raise ValueError("target_entropy needs a per-step solver: use backend='transformers'.")
+    return selectivity
+
+
+def _load_teacher(teacher, tokenizer, revision, device, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if tokenizer is None:
+        if not isinstance(teacher, str):
+            raise ValueError("a loaded teacher model needs its `tokenizer`.")
+        tokenizer = AutoTokenizer.from_pretrained(teacher, revision=revision)
+    if isinstance(teacher, str):
+        if device is None:
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        # float32 unless asked: bf16 matmuls on CPU are two orders of magnitude slower.
+        teacher = AutoModelForCausalLM.from_pretrained(teacher, revision=revision, dtype=dtype or torch.float32)
+        teacher = teacher.to(device)
+    return teacher.eval(), tokenizer
+
+
+def _encode_prompts(tokenizer, texts: list[str], apply_chat_template: bool) -> dict[str, list[int]]:
+    encoded = {}
+    for text in dict.fromkeys(texts):
+        if apply_chat_template:
+            ids = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        else:
+            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        if len(ids) == 0 and tokenizer.bos_token_id is not None:
+            ids = [tokenizer.bos_token_id]  # unconditional samples start from BOS
+        if len(ids) == 0:
+            raise ValueError(f"prompt {text!r} encodes to no token; use a non-empty prompt (the paper's is 'The').")
+        encoded[text] = list(ids)
+    return encoded
+
+
+def generate_distillation_dataset(
+    teacher,
+    tokenizer=None,
+    output_dir: str = "teacher_samples",
+    num_samples: int = 1000,
+    *,
+    prompt: str | None = None,
+    prompts: list[str] | None = None,
+    selectivity: float | None = None,
+    temperature: float | None = None,
+    target_entropy: float | None = None,
+    per_token_selectivity: bool = True,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    max_new_tokens: int = 128,
+    batch_size: int = 32,
+    seed: int = 0,
+    store_topk: int = 0,
+    backend: str = "transformers",
+    revision: str | None = None,
+    eos_token_ids: list[int] | None = None,
+    apply_chat_template: bool = False,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    wait_timeout_s: float = 7 * 24 * 3600,
+):
+    """Sample a teacher-sample dataset into ``output_dir`` (resumable, sharded across ranks) and return it.
+
+    See the module docstring for reproducibility, resume, sharding and the columns.
+
+    Args:
+        teacher (`str` or `PreTrainedModel`): a model id / local path (loaded in float32 unless `dtype`), or a model.
+        tokenizer (`PreTrainedTokenizerBase`, *optional*): needed with a loaded model.
+        output_dir (`str`): where ``data/train-*.parquet``, ``README.md`` and ``generation_args.json`` go.
+        num_samples (`int`): number of completions; ids ``0 .. num_samples - 1``.
+        prompt (`str`, *optional*): one prompt for every sample (default ``"The"``, the paper's).
+        prompts (`list[str]`, *optional*): sample ``i`` uses ``prompts[i % len(prompts)]``.
+        selectivity (`float`, *optional*): beta, sampling from ``softmax(beta * z)`` (default 1; ``inf``: greedy).
+        temperature (`float`, *optional*): ``1 / beta`` (0: greedy).
+        target_entropy (`float`, *optional*): nats per token; beta solved at every step (its mean is recorded).
+        per_token_selectivity (`bool`): with `target_entropy`, one beta per sample and step (else per batch and step).
+        top_k (`int`, *optional*), top_p (`float`, *optional*): applied after sharpening.
+        max_new_tokens (`int`): length cap; completions stop earlier at EOS, which is kept.
+        batch_size (`int`): samples per forward pass and per shard (part of the run's identity).
+        seed (`int`): run seed; sample ``i`` uses ``sample_seed(seed, i)``.
+        store_topk (`int`): store the teacher's top-k ids and log-probs per token (0: off).
+        backend (`str`): ``"transformers"`` or ``"vllm"`` (needs vLLM and a GPU).
+        revision (`str`, *optional*): teacher revision, when loading by id.
+        eos_token_ids (`list[int]`, *optional*): ids that end a completion (default: the generation config's and the
+            tokenizer's EOS).
+        apply_chat_template (`bool`): wrap each prompt as a user message with the chat template.
+        device (`str`, *optional*), dtype (`str`, *optional*): where and how to load a teacher given by id.
+        progress (`bool`): progress bar with samples/s and tokens/s.
+        command (`str`, *optional*): recorded in the dataset card (default: this process's command line).
+        wait_timeout_s (`float`): how long a rank waits for the others' shards.
+
+    Returns:
+        `datasets.Dataset`: all `num_samples` rows, sorted by ``sample_id`` (in memory).
+    """
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .dataset_card import write_dataset_card
+
+    selectivity = _validate(num_samples, batch_size, max_new_tokens, selectivity, temperature, target_entropy, top_k,
+                            top_p, store_topk, prompt, prompts, backend, teacher)  # fmt: skip
+    if prompts is None:
+        prompts = ["The" if prompt is None else prompt]
+    if backend == "vllm":
+        from transformers import AutoTokenizer
+
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(teacher, revision=revision)
+        model = None
+    else:
+        model, tokenizer = _load_teacher(teacher, tokenizer, revision, device, dtype)
+    encoded = _encode_prompts(tokenizer, list(prompts), apply_chat_template)
+    vocab = len(tokenizer) if model is None else model.get_output_embeddings().weight.shape[0]
+    if store_topk > vocab:
+        raise ValueError(f"store_topk={store_topk} exceeds the vocabulary ({vocab}); use at most {vocab}.")
+    if eos_token_ids is None:
+        config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        config_eos = config_eos if isinstance(config_eos, list) else [config_eos]
+        eos_token_ids = sorted({e for e in [*config_eos, tokenizer.eos_token_id] if e is not None})
+    if not eos_token_ids:
+        raise ValueError("no EOS id found on the teacher or tokenizer; pass eos_token_ids.")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids[0]
+    teacher_name = teacher if isinstance(teacher, str) else getattr(teacher, "name_or_path", "")
+    teacher_name = teacher_name or type(teacher).__name__  # models built in code have no name
+    record = {
+        "teacher": teacher_name, "revision": revision, "backend": backend, "num_samples": num_samples,
+        "prompt": prompts[0] if len(prompts) == 1 else None, "num_prompts": len(prompts),
+        "prompts_sha256": hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest(),
+        "apply_chat_template": apply_chat_template, "selectivity": None if target_entropy is not None else selectivity,
+        "temperature": None if target_entropy is not None else 1.0 / selectivity, "target_entropy": target_entropy,
+        "per_token_selectivity": per_token_selectivity if target_entropy is not None else None, "top_k": top_k,
+        "top_p": top_p, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed,
+        "store_topk": store_topk, "eos_token_ids": list(eos_token_ids),
+        "command": command or " ".join([os.path.basename(sys.executable), *sys.argv]),
+    }  # fmt: skip
+    record = {k: (str(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in record.items()}
+    os.makedirs(os.path.join(output_dir, "data"), exist_ok=True)
+    _check_or_record_arguments(output_dir, record)
+
+    rank, world = _rank_and_world()
+    num_shards = math.ceil(num_samples / batch_size)
+    paths = [_shard_path(output_dir, k, num_shards) for k in range(num_shards)]
+    mine = [k for k in range(rank, num_shards, world)]
+    todo = [k for k in mine if not os.path.exists(paths[k])]
+    sampling = {
+        "selectivity": selectivity, "target_entropy": target_entropy, "per_token_selectivity": per_token_selectivity,
+        "top_k": top_k, "top_p": top_p, "max_new_tokens": max_new_tokens, "store_topk": store_topk,
+    }  # fmt: skip
+    prompt_of = [prompts[i % len(prompts)] for i in range(num_samples)]
+    prompt_ids = [encoded[p] for p in prompt_of]
+    engine = _vllm_engine(teacher, revision, seed, dtype) if backend == "vllm" and todo else None
+    schema = _schema(store_topk)
+    n_mine = sum(min(batch_size, num_samples - k * batch_size) for k in mine)
+    bar = tqdm(total=n_mine, initial=n_mine - sum(min(batch_size, num_samples - k * batch_size) for k in todo),
+               unit="sample", desc=f"teacher samples (rank {rank})", disable=not progress)  # fmt: skip
+    start, new_tokens, new_samples = time.perf_counter(), 0, 0
+    for k in todo:
+        ids = list(range(k * batch_size, min((k + 1) * batch_size, num_samples)))
+        if engine is not None:
+            rows = _rows_vllm(engine, ids, prompt_ids, seed, eos_token_ids, sampling)
+        else:
+            rows = _rows_transformers(model, ids, prompt_ids, seed, eos_token_ids, pad_id, sampling)
+        for i, row in zip(ids, rows):
+            row["sample_id"], row["prompt"] = i, prompt_of[i]
+            row["num_tokens"] = len(row["completion_ids"])
+            row["completion"] = tokenizer.decode(row["completion_ids"], skip_special_tokens=True)
+        _write_atomic(pa.Table.from_pylist(rows, schema=schema), paths[k])
+        new_tokens += sum(r["num_tokens"] for r in rows)
+        new_samples += len(rows)
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        bar.update(len(rows))
+        bar.set_postfix({"samples/s": f"{new_samples / elapsed:.2f}", "tokens/s": f"{new_tokens / elapsed:.1f}"})
+    bar.close()
+    _wait_for(paths, wait_timeout_s)
+    table = pa.concat_tables([pq.read_table(p, schema=schema) for p in paths])
+    if len(set(table.column("sample_id").to_pylist())) != num_samples or table.num_rows != num_samples:
+        raise RuntimeError(f"{output_dir} holds {table.num_rows} rows, not {num_samples} unique samples.")
+    if rank == 0:
+        write_dataset_card(output_dir, record, table)
+    return datasets.Dataset(table)
+
+
+# ----------------------------------------------------------------------------------------------------------- CLI
+def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the `hf-kd generate` arguments to `parser` (a subparser or a fresh parser)."""
+    a = parser.add_argument
+    a("teacher", help="teacher model id or local path")
+    a("--output_dir", "--output-dir", required=True, help="folder of the parquet shards and the dataset card")
+    a("--num_samples", "--num-samples", type=int, required=True)
+    a("--prompt", default=None, help="one prompt for every sample (default 'The', the paper's)")
+    a("--prompts_file", "--prompts-file", default=None, help="text file, one prompt a line; sample i uses line i % n")
+    knob = parser.add_mutually_exclusive_group()
+    knob.add_argument("--selectivity", type=float, default=None, help="beta: sample softmax(beta * z) (default 1)")
+    knob.add_argument("--temperature", type=float, default=None, help="1 / beta")
+    knob.add_argument("--target_entropy", "--target-entropy", type=float, default=None, help="nats per token")
+    a("--per_batch_selectivity", "--per-batch-selectivity", action="store_true",
+      help="with --target_entropy: one beta per batch and step instead of per sample")  # fmt: skip
+    a("--top_k", "--top-k", type=int, default=None)
+    a("--top_p", "--top-p", type=float, default=None)
+    a("--max_new_tokens", "--max-new-tokens", type=int, default=128)
+    a("--batch_size", "--batch-size", type=int, default=32)
+    a("--seed", type=int, default=0)
+    a("--store_topk", "--store-topk", type=int, default=0, help="store the teacher's top-k log-probs per token")
+    a("--backend", choices=BACKENDS, default="transformers")
+    a("--revision", default=None)
+    a("--eos_token_ids", "--eos-token-ids", type=int, nargs="+", default=None)
+    a("--apply_chat_template", "--apply-chat-template", action="store_true")
+    a("--device", default=None)
+    a("--dtype", default=None, help="e.g. float32 (default), bfloat16 on GPUs")
+    a("--no_progress", "--no-progress", action="store_true")
+    return parser
+
+
+def generate_from_args(args: argparse.Namespace):
+    """Run `generate_distillation_dataset` from parsed `add_generate_arguments` arguments."""
+    prompts = None
+    if args.prompts_file:
+        with open(args.prompts_file, encoding="utf-8") as f:
+            prompts = [line.rstrip("\n") for line in f if line.strip()]
+    dataset = generate_distillation_dataset(
+        args.teacher, None, args.output_dir, args.num_samples, prompt=args.prompt, prompts=prompts,
+        selectivity=args.selectivity, temperature=args.temperature, target_entropy=args.target_entropy,
+        per_token_selectivity=not args.per_batch_selectivity, top_k=args.top_k, top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, store_topk=args.store_topk,
+        backend=args.backend, revision=args.revision, eos_token_ids=args.eos_token_ids,
+        apply_chat_template=args.apply_chat_template, device=args.device, dtype=args.dtype,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    if _rank_and_world()[0] == 0:
+        print(f"{len(dataset)} samples, {sum(dataset['num_tokens'])} tokens -> {args.output_dir}")
+    return dataset
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m hf_kd.generation", description=__doc__.splitlines()[0])
+    generate_from_args(add_generate_arguments(parser).parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

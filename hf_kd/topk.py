@@ -1,0 +1,133 @@
+"""Token-level distillation losses from a teacher's stored top-k log-probabilities (no teacher in memory).
+
+An offline teacher-sample dataset (`hf_kd.generation`, ``store_topk=K``) keeps, for every completion token, the ids
+and the log-probabilities of the K most likely next tokens under the UNsharpened teacher. The rest of the
+vocabulary (the *tail*) is lost; two ways to handle it:
+
+- ``tail="bucket"`` (default): the tail is one extra outcome. The teacher's tail mass is ``1 - sum_k p_k``; the
+  student's is its probability of every id outside the teacher's top-k. The divergence is then taken between two
+  distributions over K + 1 outcomes: an exact divergence of coarse-grained distributions, hence never above the
+  full-vocabulary divergence (data-processing inequality) and equal to it when the tail is empty (K = V). The tail's
+  inner shape is unknown, so sharpening cannot be applied exactly: this mode needs ``selectivity = 1``.
+- ``tail="renormalize"``: both teacher and student are restricted to the teacher's top-k ids and renormalised there;
+  the teacher is then sharpened exactly on that support, ``softmax(selectivity * log p_topk)``.
+
+With K = V both modes give the loss of `hf_kd.losses.distillation_loss` on the live teacher's logits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .losses import LOSS_TYPES, token_divergence
+from .sharpening import check_selectivity
+
+__all__ = ["TAIL_MODES", "topk_distillation_loss", "topk_teacher_log_probs"]
+
+TAIL_MODES = ("bucket", "renormalize")
+
+
+def topk_teacher_log_probs(
+    topk_logprobs: torch.Tensor, tail: str = "bucket", selectivity: float | torch.Tensor = 1.0
+) -> torch.Tensor:
+    """The teacher distribution rebuilt from its stored top-k log-probabilities.
+
+    ``bucket``: ``[log p_1, ..., log p_K, log(1 - sum_k p_k)]``; ``renormalize``: ``log_softmax(beta * log p_topk)``.
+
+    Args:
+        topk_logprobs (`torch.Tensor` of shape `(..., K)`): teacher log-probabilities of its top-k ids.
+        tail (`str`): ``"bucket"`` or ``"renormalize"``.
+        selectivity (`float` or `torch.Tensor` of shape `(...)`): sharpening beta (``renormalize`` only).
+
+    Returns:
+        `torch.Tensor` of shape `(..., K + 1)` (bucket) or `(..., K)` (renormalize), normalised log-probabilities.
+    """
+    log_p = topk_logprobs.to(torch.promote_types(topk_logprobs.dtype, torch.float32))
+    if tail == "renormalize":
+        beta = torch.as_tensor(selectivity, dtype=log_p.dtype, device=log_p.device)
+        return torch.log_softmax(log_p * (beta.unsqueeze(-1) if beta.dim() > 0 else beta), dim=-1)
+    # Stored float32 top-k masses may sum to slightly more than 1: clamp the tail at 0.
+    tail_mass = (-torch.expm1(torch.logsumexp(log_p, dim=-1, keepdim=True))).clamp_min(0)
+    return torch.cat([log_p, torch.log(tail_mass)], dim=-1)
+
+
+def _student_log_probs(log_q: torch.Tensor, topk_ids: torch.Tensor, tail: str) -> torch.Tensor:
+    """Student log-probabilities on the teacher's top-k ids (+ its tail outcome, or renormalised)."""
+    on_topk = log_q.gather(-1, topk_ids)
+    if tail == "renormalize":
+        return torch.log_softmax(on_topk, dim=-1)
+    outside = log_q.scatter(-1, topk_ids, float("-inf"))
+    # With K = V nothing lies outside: logsumexp of all -inf has a NaN gradient, so give an exact -inf constant.
+    empty = torch.isinf(outside).all(dim=-1, keepdim=True)
+    safe = torch.where(empty, torch.zeros_like(outside), outside)
+    log_tail = torch.where(empty, torch.full_like(empty, float("-inf"), dtype=log_q.dtype), safe.logsumexp(-1, True))
+    return torch.cat([on_topk, log_tail], dim=-1)
+
+
+def topk_distillation_loss(
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    *,
+    loss_type: str = "forward_kl",
+    mask: torch.Tensor | None = None,
+    tail: str = "bucket",
+    selectivity: float | torch.Tensor = 1.0,
+    temperature: float = 1.0,
+    jsd_beta: float = 0.5,
+    skew_alpha: float = 0.1,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Masked token-level divergence between the stored top-k teacher and the student (module docstring: tails).
+
+    Per position: ``D(p_topk || q_topk)`` with `hf_kd.losses.token_divergence`, where ``q = softmax(z_s /
+    temperature)``; reduced as ``sum(mask * D) / num_items_in_batch`` (else the mean over unmasked positions).
+
+    Args:
+        student_logits (`torch.Tensor` of shape `(..., V)`): student logits at the scored positions.
+        topk_ids (`torch.Tensor` of shape `(..., K)`): the teacher's top-k token ids (int).
+        topk_logprobs (`torch.Tensor` of shape `(..., K)`): their UNsharpened teacher log-probabilities.
+        loss_type (`str`): any of `hf_kd.losses.LOSS_TYPES` except ``"nll"``.
+        mask (`torch.Tensor` of shape `(...)`, *optional*): positions that count.
+        tail (`str`): ``"bucket"`` or ``"renormalize"``.
+        selectivity (`float` or `torch.Tensor` of shape `(...)`): teacher sharpening (``renormalize``, or 1).
+        temperature (`float`): student temperature.
+        jsd_beta, skew_alpha (`float`): as in `hf_kd.losses.distillation_loss`.
+        num_items_in_batch (`int`, *optional*): divide the summed loss by this.
+
+    Returns:
+        `torch.Tensor`: scalar loss.
+    """
+    if loss_type == "nll" or loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type={loss_type!r} is not a divergence; choose one of {LOSS_TYPES[1:]}.")
+    if tail not in TAIL_MODES:
+        raise ValueError(f"tail={tail!r} is unknown; choose 'bucket' (tail mass as one outcome) or 'renormalize'.")
+    check_selectivity(selectivity)
+    if tail == "bucket" and not bool((torch.as_tensor(selectivity) == 1).all()):
+        raise ValueError(
+            "tail='bucket' cannot sharpen the teacher (the tail's inner shape is unknown); use selectivity=1, or "
+            "tail='renormalize', or sample the dataset at the selectivity you want."
+        )
+    if topk_ids.shape != topk_logprobs.shape or topk_ids.shape[:-1] != student_logits.shape[:-1]:
+        raise ValueError(
+            f"shapes disagree: student_logits {tuple(student_logits.shape)}, topk_ids {tuple(topk_ids.shape)}, "
+            f"topk_logprobs {tuple(topk_logprobs.shape)}; expected (..., V), (..., K), (..., K)."
+        )
+    if topk_ids.shape[-1] > student_logits.shape[-1]:
+        raise ValueError(f"K = {topk_ids.shape[-1]} exceeds the student's vocabulary ({student_logits.shape[-1]}).")
+    if not temperature > 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be a positive number (got {temperature}).")
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    log_q = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    ids = topk_ids.long().to(log_q.device)
+    log_p = topk_teacher_log_probs(topk_logprobs.to(log_q.device, dtype), tail, selectivity).detach()
+    per_token = token_divergence(
+        _student_log_probs(log_q, ids, tail), log_p, loss_type, jsd_beta=jsd_beta, skew_alpha=skew_alpha
+    )
+    mask = torch.ones_like(per_token, dtype=torch.bool) if mask is None else mask.bool().to(per_token.device)
+    total = torch.where(mask, per_token, torch.zeros_like(per_token)).sum()
+    if num_items_in_batch is not None:
+        return total / num_items_in_batch
+    return total / mask.sum().clamp_min(1)
