@@ -7,7 +7,8 @@ vocab 49,152 (hidden 576, SmolLM2's width):
 - ours: `CausalLMAdapter.log_likelihood` (length-sorted batches under a token budget, output head on scored
   positions only, in chunks).
 Prints tokens/s of each, their ratio, the largest absolute difference of the per-sequence totals and the peak
-memory of each (CUDA: max allocated; CPU: peak resident set above the level before the run), and writes JSON to
+memory of each (CUDA: max allocated; CPU: peak resident set above the level before the run, polled by
+benchmarks/memory.py with glibc's mmap threshold fixed), and writes JSON to
 benchmarks/results/bench_scoring.json.
 
 Usage: python benchmarks/bench_scoring.py [--quick] [--device cpu|cuda]
@@ -19,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import threading
 import time
 
 import torch
@@ -28,17 +28,17 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_kd.metrics.lm_adapter import score_token_sequences
 
+try:
+    from memory import PeakMemory, fix_mmap_threshold
+except ImportError:  # imported as benchmarks.bench_scoring
+    from benchmarks.memory import PeakMemory, fix_mmap_threshold
+
 VOCAB = 49_152
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_scoring.json")
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakMemory:
-    """Peak memory above the starting level while the block runs (CUDA allocator, or RSS polled every ms)."""
+class DevicePeakMemory:
+    """Peak memory above the level on entry: the CUDA allocator's peak, or the polled RSS on CPU."""
 
     def __init__(self, device: torch.device):
         self.device, self.peak = device, 0
@@ -49,24 +49,17 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
         else:
-            self.start, self._stop = _rss_bytes(), False
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
+            self.rss = PeakMemory().__enter__()
         return self
-
-    def _poll(self):
-        while not self._stop:
-            self.peak = max(self.peak, _rss_bytes() - self.start)
-            time.sleep(0.001)
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             self.peak = torch.cuda.max_memory_allocated() - self.start
         else:
-            self._stop = True
-            self._thread.join()
-            self.peak = max(self.peak, _rss_bytes() - self.start)
+            self.rss.__exit__(*exc)
+            self.peak = self.rss.peak_extra
+        return False
 
 
 def make_model(device: torch.device) -> LlamaForCausalLM:
@@ -112,7 +105,7 @@ def evaluate_perplexity_style(model, sequences, batch_size: int = 16) -> torch.T
 def _timed(fn, device):
     """Output, seconds and peak memory. On CPU the seconds are this process's CPU time divided by its threads, so
     other jobs sharing the machine slow both methods less unevenly than wall-clock time would."""
-    with PeakMemory(device) as mem:
+    with DevicePeakMemory(device) as mem:
         start, cpu_start = time.perf_counter(), time.process_time()
         out = fn()
         if device.type == "cuda":
@@ -125,6 +118,7 @@ def _timed(fn, device):
 def run(quick: bool = False, device: str | None = None) -> dict:
     """Run the benchmark and return its figures (also written to benchmarks/results/bench_scoring.json)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    fix_mmap_threshold()  # so RSS tracks live tensors (see benchmarks/memory.py)
     model = make_model(dev)
     sequences = make_sequences(64 if quick else 256)
     tokens = sum(len(s) - 1 for s in sequences)

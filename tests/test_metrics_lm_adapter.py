@@ -141,3 +141,13 @@ def test_sample_frequencies_follow_sharpened_likelihood(teacher_model, tokenizer
     freq = counts / counts.sum()
     tol = 4 * torch.sqrt(probs * (1 - probs) / 3000) + 1e-3
     assert ((freq - probs).abs() <= tol).all(), (freq - probs).abs().max()
+
+
+def test_full_logits_fallback_matches(monkeypatch, teacher_model, tokenizer):
+    """Models whose head cannot be split off (e.g. logits rescaled after the head) take the full forward."""
+    import hf_kd.metrics.lm_adapter as lm_adapter
+
+    fast, _ = CausalLMAdapter(teacher_model, tokenizer, progress=False).log_likelihood(TEXTS)
+    monkeypatch.setattr(lm_adapter, "_backbone_and_head", lambda model: None)
+    slow, _ = CausalLMAdapter(teacher_model, tokenizer, progress=False).log_likelihood(TEXTS)
+    torch.testing.assert_close(slow, fast, atol=1e-5, rtol=0)
