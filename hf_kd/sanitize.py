@@ -24,13 +24,13 @@ __all__ = [
 
 _STOP = r"\s'\"`<>|,;()\[\]{}"
 _LOCAL_PATH = re.compile(
-    rf"(?<![\w.:/~\\-])/[^{_STOP}/]+(?:/[^{_STOP}/]*)*"  # /home/me/x (not a URL's path, not a/b)
+    rf"(?<![\w.:/~\\-])/+[^{_STOP}/]+(?:/[^{_STOP}/]*)*"  # /home/me/x (not a URL's path, not a/b)
     rf"|(?<![\w/])~/[^{_STOP}]*"  # ~/x
     rf"|(?<![\w])[A-Za-z]:[\\/][^{_STOP}]*"  # C:\x or C:/x
     rf"|(?<![\w\\])\\\\[^{_STOP}]+"  # \\server\share
     rf"|file://[^{_STOP}]+"
 )
-_TOKEN = re.compile(r"\b(?:hf_[A-Za-z0-9]{20,}|api_org_[A-Za-z0-9]{20,})\b")
+_TOKEN = re.compile(r"(?:hf_|api_org_)[A-Za-z0-9]{20,}")  # no \b: a token glued to a word still counts
 # `--token X`, `--hub_token=X`, `--hub-token X` (not `--max_new_tokens`); `HF_TOKEN=X` style assignments
 _SECRET_FLAG = re.compile(r"\s*--(?:[\w-]*[_-])?token(?![\w-])(?:=\S*|\s+(?!-)\S+)?", re.IGNORECASE)
 _SECRET_ENV = re.compile(r"\b[A-Z_]*(?:TOKEN|SECRET|PASSWORD|API_KEY)=\S*\s*")
@@ -49,9 +49,9 @@ def sanitize_text(text: str) -> str:
     ``api_org_...``) become ``<redacted>``, and absolute paths (``/home/me/run``, ``~/x``, ``C:\\x``, ``\\\\srv\\x``,
     ``file://...``) become their basename (``run``). URLs and relative paths are kept. Idempotent.
     """
+    text = _TOKEN.sub("<redacted>", text)  # first, so `--token<redacted>` and `X_TOKEN=<redacted>` are dropped whole
     text = _SECRET_FLAG.sub("", text)
     text = _SECRET_ENV.sub("", text)
-    text = _TOKEN.sub("<redacted>", text)
     return _LOCAL_PATH.sub(lambda m: local_basename(m.group(0)), text)
 
 
