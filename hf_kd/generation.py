@@ -30,6 +30,7 @@ is ``1 - sum(exp(topk_logprobs))``, see `hf_kd.topk`).
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import math
@@ -401,6 +402,8 @@ def generate_distillation_dataset(
     if len(set(table.column("sample_id").to_pylist())) != num_samples or table.num_rows != num_samples:
         raise RuntimeError(f"{output_dir} holds {table.num_rows} rows, not {num_samples} unique samples.")
     if rank == 0:
+        for stale in glob.glob(os.path.join(output_dir, "data", ".*.tmp-*")):
+            os.remove(stale)  # left by a killed run; every shard is in place, so no rank is writing any more
         write_dataset_card(output_dir, record, table)
     return datasets.Dataset(table)
 
