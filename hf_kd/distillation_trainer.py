@@ -265,8 +265,8 @@ class DistillationTrainer(trl.DistillationTrainer):
         entropy_sum = self._entropy_sums(h_s.detach(), student_head.weight, student_head.bias, teacher)
         return loss, entropy_sum, valid.sum()
 
-    def _chunks(self, n: int):
-        size = self.args.loss_chunk_size
+    def _chunks(self, n: int, cap: int | None = None):
+        size = min(self.args.loss_chunk_size, cap or n or 1)
         return [slice(i, i + size) for i in range(0, n, size)]
 
     @torch.no_grad()
@@ -290,7 +290,8 @@ class DistillationTrainer(trl.DistillationTrainer):
         """Sum of the student's token entropy; stashes (count, teacher entropy, sharpened entropy, beta) sums."""
         student_sum = h_s.new_zeros((), dtype=torch.float32)
         t_sums = torch.zeros(3, device=h_s.device)
-        for sl in self._chunks(h_s.shape[0]):
+        # Metrics only: small chunks keep their few (chunk, V) float32 temporaries far below the loss's footprint.
+        for sl in self._chunks(h_s.shape[0], cap=64):
             z_s = torch.nn.functional.linear(h_s[sl], student_weight, student_bias).float()
             student_sum += token_entropy(z_s / self.temperature).sum()
             if teacher is not None:
