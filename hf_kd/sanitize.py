@@ -24,7 +24,7 @@ __all__ = [
 
 _STOP = r"\s'\"`<>|,;()\[\]{}"
 _LOCAL_PATH = re.compile(
-    rf"(?<![\w.:/~\\-])/+[^{_STOP}/]+(?:/[^{_STOP}/]*)*"  # /home/me/x (not a URL's path, not a/b)
+    rf"(?<![\w.:/~<\\-])/+[^{_STOP}/]+(?:/[^{_STOP}/]*)*"  # /home/me/x (not a URL path, a/b or </tag>)
     rf"|(?<![\w/])~/[^{_STOP}]*"  # ~/x
     rf"|(?<![\w])[A-Za-z]:[\\/][^{_STOP}]*"  # C:\x or C:/x
     rf"|(?<![\w\\])\\\\[^{_STOP}]+"  # \\server\share

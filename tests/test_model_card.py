@@ -189,6 +189,7 @@ def test_custom_template_receives_the_variables(tmp_path):
             "see https://huggingface.co/HuggingFaceTB/SmolLM2-1.7B",
         ),
         ("precision/recall of recipes/configs/a.yaml", "precision/recall of recipes/configs/a.yaml"),
+        ("ends with </s>; <details>x</details> 1/2", "ends with </s>; <details>x</details> 1/2"),
         (f"python x.py --hub_token {TOKEN} --max_new_tokens 64", "python x.py --max_new_tokens 64"),
         (f"python x.py --token={TOKEN} --hub-token abc --push_to_hub", "python x.py --push_to_hub"),
         (f"HF_TOKEN={TOKEN} python x.py", "python x.py"),
