@@ -53,17 +53,18 @@ def topk_teacher_log_probs(
     return torch.cat([log_p, torch.log(tail_mass)], dim=-1)
 
 
-def _student_log_probs(log_q: torch.Tensor, topk_ids: torch.Tensor, tail: str) -> torch.Tensor:
-    """Student log-probabilities on the teacher's top-k ids (+ its tail outcome, or renormalised)."""
+def _student_log_probs(log_q: torch.Tensor, topk_ids: torch.Tensor, tail: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student log-probabilities on the teacher's top-k ids (+ its tail outcome, or renormalised), and where the
+    tail is empty (every id is in the top-k)."""
     on_topk = log_q.gather(-1, topk_ids)
     if tail == "renormalize":
-        return torch.log_softmax(on_topk, dim=-1)
+        return torch.log_softmax(on_topk, dim=-1), None
     outside = log_q.scatter(-1, topk_ids, float("-inf"))
     # With K = V nothing lies outside: logsumexp of all -inf has a NaN gradient, so give an exact -inf constant.
     empty = torch.isinf(outside).all(dim=-1, keepdim=True)
     safe = torch.where(empty, torch.zeros_like(outside), outside)
     log_tail = torch.where(empty, torch.full_like(empty, float("-inf"), dtype=log_q.dtype), safe.logsumexp(-1, True))
-    return torch.cat([on_topk, log_tail], dim=-1)
+    return torch.cat([on_topk, log_tail], dim=-1), empty
 
 
 def topk_distillation_loss(
@@ -123,9 +124,10 @@ def topk_distillation_loss(
     log_q = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
     ids = topk_ids.long().to(log_q.device)
     log_p = topk_teacher_log_probs(topk_logprobs.to(log_q.device, dtype), tail, selectivity).detach()
-    per_token = token_divergence(
-        _student_log_probs(log_q, ids, tail), log_p, loss_type, jsd_beta=jsd_beta, skew_alpha=skew_alpha
-    )
+    student, empty = _student_log_probs(log_q, ids, tail)
+    if empty is not None:  # an empty tail has no mass, whatever rounding left in 1 - sum(p_topk)
+        log_p = torch.cat([log_p[..., :-1], log_p[..., -1:].masked_fill(empty, float("-inf"))], dim=-1)
+    per_token = token_divergence(student, log_p, loss_type, jsd_beta=jsd_beta, skew_alpha=skew_alpha)
     mask = torch.ones_like(per_token, dtype=torch.bool) if mask is None else mask.bool().to(per_token.device)
     total = torch.where(mask, per_token, torch.zeros_like(per_token)).sum()
     if num_items_in_batch is not None:
