@@ -342,11 +342,7 @@ def _init_md(r: DistillationResults) -> str:
 def _eval_results(r: DistillationResults) -> list[EvalResult]:
     """model-index entries: precision, recall and extra metrics, the interval bounds in `metric_args`."""
     dataset_type = r.eval_dataset if is_hub_id(r.eval_dataset) else "reference-model-samples"
-    reference = (
-        local_basename(r.reference_model)
-        if r.reference_model and is_local_path(r.reference_model)
-        else r.reference_model
-    )
+    reference = sanitize_text(r.reference_model) if r.reference_model else None
     dataset_name = f"Samples of {reference or 'the reference model'}"
     dataset_args = {k: v for k, v in (("reference_model", reference), ("num_samples", r.num_eval_samples)) if v}
     results = []
@@ -372,17 +368,10 @@ def _eval_results(r: DistillationResults) -> list[EvalResult]:
                 source_url=PAPER_URL,
             )
         )
-    for name, value in r.extra_metrics.items():
-        results.append(
-            EvalResult(
-                task_type="text-generation",
-                dataset_type=dataset_type,
-                dataset_name=dataset_name,
-                metric_type=f"kd_{name}",
-                metric_name=name,
-                metric_value=value,
-            )
-        )
+    common = {"task_type": "text-generation", "dataset_type": dataset_type, "dataset_name": dataset_name}
+    results += [
+        EvalResult(**common, metric_type=f"kd_{k}", metric_name=k, metric_value=v) for k, v in r.extra_metrics.items()
+    ]
     return results
 
 
@@ -397,24 +386,19 @@ def _eval_table(r: DistillationResults) -> tuple[str, list[dict[str, str]], str]
     else:
         what = "fractions in [0, 1] from k-nearest-neighbour manifolds of sentence embeddings"
         defs = "precision = share of student samples on the reference manifold; recall = the converse"
-    n = f"{r.num_eval_samples:,} samples per side" if r.num_eval_samples else "samples"
-    intro = (
-        f"Precision and recall (Cha & Cho, 2025) against the reference model {_model_md(r.reference_model)}, "
-        f"{what}; {defs}. {pct} intervals are percentile bootstrap intervals over {n}"
-        + (f" (evaluation prompts: {_model_md(r.eval_dataset, dataset=True)})" if r.eval_dataset else "")
-        + "."
+    n = f"{r.num_eval_samples:,} samples per side" if r.num_eval_samples else "the evaluation samples"
+    intro = f"Precision and recall (Cha & Cho, 2025) against the reference model {_model_md(r.reference_model)}, "
+    intro += f"{what}; {defs}. Measured on {n}"
+    intro += f" (prompts: {_model_md(r.eval_dataset, dataset=True)})" if r.eval_dataset else ""
+    intro += (
+        f"; {pct} intervals are percentile bootstrap intervals over them." if r.precision_ci or r.recall_ci else "."
     )
     rows = []
     for side in ("precision", "recall"):
         value, ci = getattr(r, side), getattr(r, f"{side}_ci")
         if value is not None:
-            rows.append(
-                {
-                    "name": side.capitalize(),
-                    "value": _fmt(value),
-                    "ci": f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "not computed",
-                }
-            )
+            interval = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "not computed"
+            rows.append({"name": side.capitalize(), "value": _fmt(value), "ci": interval})
     rows += [{"name": k, "value": _fmt(v), "ci": "not computed"} for k, v in r.extra_metrics.items()]
     return intro, rows, f"{pct} CI"
 
@@ -593,7 +577,13 @@ def add_card_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument(
         "--output", "-o", default=None, help="Write the card here (e.g. out/README.md); default: stdout."
     )
-    parser.add_argument("--repo-id", default=None, help="Hub repository of the student (title and usage snippet).")
+    parser.add_argument(
+        "--repo-id",
+        "--repo_id",
+        dest="repo_id",
+        default=None,
+        help="Hub repository of the student (title and usage snippet).",
+    )
     parser.add_argument("--template", default=None, help="A Jinja card template (default: hf_kd's model_card.md).")
     parser.add_argument("--tag", action="append", default=[], help="An extra tag (repeatable).")
     return parser

@@ -166,6 +166,17 @@ def test_adapter_and_extra_metrics(tmp_path):
     assert "| Adapter | LoRA r=16, alpha=32 |" in card.text
 
 
+def test_embedding_metric_without_intervals(tmp_path):
+    fields = full_results(metric="embedding", precision=0.81, recall=0.37, precision_ci=None, recall_ci=None)
+    card = load_card(render_model_card(fields), tmp_path)
+    assert {r.metric_type: (r.metric_value, r.metric_args) for r in card.data.eval_results} == {
+        "kd_precision": (0.81, {"unit": "token", "metric": "embedding"}),
+        "kd_recall": (0.37, {"unit": "token", "metric": "embedding"}),
+    }
+    assert "| Precision | 0.81 | not computed |" in card.text and "| Recall | 0.37 | not computed |" in card.text
+    assert "k-nearest-neighbour manifolds" in card.text and "bootstrap" not in card.text
+
+
 def test_custom_template_receives_the_variables(tmp_path):
     custom = tmp_path / "mine.md"
     rows = "{% for r in eval_rows %}{{ r.name }}={{ r.ci }};{% endfor %}"
