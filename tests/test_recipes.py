@@ -1,0 +1,108 @@
+"""Every recipe config parses with the recipe's parser; the recipe runs end to end on tiny local models."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import make_llama
+from huggingface_hub import HfApi, ModelCard
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("smollm2_kd", ROOT / "recipes" / "smollm2_kd.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return load_recipe()
+
+
+def test_there_are_recipe_configs():
+    names = {p.name for p in CONFIGS}
+    assert "quickstart.yaml" in names and len(names) >= 4
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses_without_unknown_keys(recipe, path):
+    from trl import ModelConfig, TrlParser
+
+    from hf_kd import DistillationConfig
+
+    parser = TrlParser((recipe.RecipeArguments, DistillationConfig, ModelConfig))
+    recipe_args, training_args, model_args = parser.parse_args_and_config(["--config", str(path)])
+    config = yaml.safe_load(path.read_text())
+    for key in config:
+        parsed = [getattr(a, key) for a in (recipe_args, training_args, model_args) if hasattr(a, key)]
+        assert parsed, f"{path.name}: {key} is not an option of the recipe"
+    assert recipe_args.teacher_name_or_path == config["teacher_name_or_path"]
+    assert training_args.bf16 is False  # CPU-sane default: no YAML forces bf16
+
+
+def test_recipe_end_to_end_on_tiny_models(recipe, tokenizer, tmp_path, monkeypatch):
+    teacher_dir = tmp_path / "teacher"
+    make_llama(len(tokenizer), seed=0, hidden=32, layers=2).save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    config = {
+        "teacher_name_or_path": str(teacher_dir),
+        "student_init": "slice",
+        "student_num_layers": 1,
+        "prompt": "the",
+        "num_prompts": 8,
+        "selectivities": [1.0, 4.0],
+        "completion_source": "teacher",
+        "loss_type": "nll",
+        "max_completion_length": 6,
+        "per_device_train_batch_size": 2,
+        "max_steps": 2,
+        "learning_rate": 1e-3,
+        "save_strategy": "no",
+        "report_to": "none",
+        "eval_num_samples": 8,
+        "eval_max_new_tokens": 6,
+        "eval_prompt": "the",
+        "eval_batch_size": 4,
+        "output_dir": str(tmp_path / "out"),
+        "push_to_hub": True,
+        "hub_model_id": "someone/tiny-kd",
+    }
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    uploads = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: repo_id)
+
+    def fake_upload_folder(self, *, repo_id, folder_path, **kw):
+        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.is_file()}
+        uploads.append((repo_id, files))
+
+    monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
+
+    rows = recipe.main(["--config", str(config_path)])
+
+    assert [r["name"] for r in rows] == ["selectivity_1", "selectivity_4"]
+    out = tmp_path / "out"
+    summary = json.loads((out / "results.json").read_text())
+    assert [r["selectivity"] for r in summary["rows"]] == [1.0, 4.0]
+    for row in summary["rows"]:
+        assert row["precision_ci"][0] <= row["precision"] <= row["precision_ci"][1]
+        assert row["recall_ci"][0] <= row["recall"] <= row["recall_ci"][1]
+        assert row["num_train_steps"] == 2
+    assert (out / "precision_recall.png").stat().st_size > 1000
+    card = ModelCard.load(out / "selectivity_4" / "README.md")
+    metrics = {m.metric_type: m.metric_value for m in card.data.eval_results}
+    assert metrics["kd_precision"] == pytest.approx(summary["rows"][1]["precision"])
+    assert metrics["kd_recall"] == pytest.approx(summary["rows"][1]["recall"])
+    # The push went through HfApi only, with the evaluated card and no local path in it.
+    assert [repo for repo, _ in uploads] == ["someone/tiny-kd-selectivity_1", "someone/tiny-kd-selectivity_4"]
+    files = uploads[1][1]
+    assert {"config.json", "model.safetensors", "README.md"} <= set(files)
+    assert str(tmp_path) not in files["README.md"].decode()
