@@ -6,8 +6,9 @@ parquet shards under ``output_dir/data/`` plus a dataset card (``README.md``) re
 Reproducibility. Sample ``i`` draws its randomness from ``(seed, i)`` alone: its own `torch.Generator` pre-draws one
 uniform per step, and the token is the inverse-CDF draw of the sampling distribution at that uniform. Batches are
 fixed sets of ids (batch ``k`` holds ids ``[k * batch_size, (k + 1) * batch_size)``) and one batch is one shard, so
-sample ``i`` is the same bit for bit whatever the number of processes and wherever a run was interrupted (a
-different `batch_size` changes only floating-point rounding of the logits, hence rare near-tie tokens).
+sample ``i`` is the same whatever the number of processes and wherever a run was interrupted: the same tokens, and
+the same log-probs up to float rounding when the BLAS thread count differs (torchrun runs one thread a rank). A
+different `batch_size` changes only the rounding of the logits too, hence at most rare near-tie tokens.
 With `target_entropy` the selectivity is solved per row and step by default (`per_token_selectivity`), so a
 sample's distribution depends on its own prefix only.
 

@@ -1,0 +1,121 @@
+"""Teacher-sample generation throughput: hf_kd.generation vs the paper's loop, same teacher, same samples, CPU.
+
+The paper's loop (csm9493/kd-minimal-explanation): fixed batches of 256 prompts "The", `model.generate` with
+sampling, every row padded to the longest (max_length) before the batch ends, then `batch_decode`. It keeps no
+log-probabilities. Ours (`generate_distillation_dataset`) writes parquet shards and computes, in the same pass, the
+teacher's and the sampling distribution's log-probabilities of every token.
+
+Tokens counted: the real completion tokens (up to and including the first EOS), the same rule on both sides.
+Both run in this process, with the same thread count, on the real SmolLM2-135M-Instruct (float32).
+
+    python benchmarks/bench_generation.py --quick     # ~3 min on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+TEACHER = os.environ.get("HF_KD_SMOLLM2", "/work/smollm2")
+RESULTS = Path(__file__).parent / "results" / "generation.json"
+
+
+def paper_loop(model, tokenizer, num_samples: int, max_new_tokens: int, batch_size: int, eos_id: int) -> dict:
+    """The paper's sampling loop: fixed batches, `generate` until every row is done, then decode."""
+    texts, tokens, row_steps = [], 0, 0
+    prompt = tokenizer(["The"] * batch_size, return_tensors="pt")
+    start = time.perf_counter()
+    for b in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - b)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=prompt["input_ids"][:n], attention_mask=prompt["attention_mask"][:n], do_sample=True,
+                top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens, pad_token_id=eos_id,
+                eos_token_id=eos_id,
+            )  # fmt: skip
+        completions = out[:, prompt["input_ids"].shape[1] :]
+        texts += tokenizer.batch_decode(completions, skip_special_tokens=True)
+        row_steps += completions.numel()  # every row stays in the forward pass until the batch's last step
+        for row in completions.tolist():
+            tokens += row.index(eos_id) + 1 if eos_id in row else len(row)
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds, "tokens": tokens, "samples": len(texts), "tokens_per_s": tokens / seconds,
+        "row_steps": row_steps, "row_steps_per_s": row_steps / seconds,
+    }  # fmt: skip
+
+
+def ours(model, tokenizer, num_samples: int, max_new_tokens: int, batch_size: int, eos_id: int) -> dict:
+    from hf_kd.generation import generate_distillation_dataset
+
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        ds = generate_distillation_dataset(
+            model, tokenizer, out, num_samples, prompt="The", max_new_tokens=max_new_tokens, batch_size=batch_size,
+            eos_token_ids=[eos_id], seed=0, progress=False,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+    tokens = sum(ds["num_tokens"])
+    return {
+        "seconds": seconds, "tokens": tokens, "samples": len(ds), "tokens_per_s": tokens / seconds,
+        "row_steps": tokens, "row_steps_per_s": tokens / seconds,  # finished rows leave the batch
+        "finished_with_eos": sum(ds["finished"]),
+    }  # fmt: skip
+
+
+def run(quick: bool = False, threads: int | None = None) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    num_samples, max_new_tokens = (64, 96) if quick else (256, 128)
+    batch_size = min(256, num_samples)  # the paper's batch, capped by the number of samples
+    tokenizer = AutoTokenizer.from_pretrained(TEACHER)
+    model = AutoModelForCausalLM.from_pretrained(TEACHER, dtype=torch.float32).eval()
+    eos_id = model.generation_config.eos_token_id
+    torch.manual_seed(0)
+    baseline = paper_loop(model, tokenizer, num_samples, max_new_tokens, batch_size, eos_id)
+    mine = ours(model, tokenizer, num_samples, max_new_tokens, batch_size, eos_id)
+    result = {
+        "teacher": "SmolLM2-135M-Instruct (float32)", "device": "cpu", "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(), "num_samples": num_samples,
+        "max_new_tokens": max_new_tokens, "batch_size": batch_size, "paper_loop": baseline, "hf_kd": mine,
+        "ratio_tokens_per_s": mine["tokens_per_s"] / baseline["tokens_per_s"],
+        "ratio_seconds_per_sample": (baseline["seconds"] / baseline["samples"]) / (mine["seconds"] / mine["samples"]),
+        "quick": quick,
+    }  # fmt: skip
+    b, m = baseline, mine
+    print(f"paper loop: {b['tokens']} tokens in {b['seconds']:.1f} s = {b['tokens_per_s']:.1f} tok/s")
+    print(
+        f"hf_kd     : {m['tokens']} tokens in {m['seconds']:.1f} s = {m['tokens_per_s']:.1f} tok/s (with teacher and "
+        f"sampling log-probs, parquet shards; {m['finished_with_eos']} of {num_samples} samples hit EOS)"
+    )
+    print(f"ratio (hf_kd / paper loop) tokens/s: {result['ratio_tokens_per_s']:.2f}x")
+    # Split the gain: rows computed per real token (padding after EOS) x speed per computed row-step.
+    padding = b["row_steps"] / b["tokens"]
+    per_step = m["row_steps_per_s"] / b["row_steps_per_s"]
+    result.update({"paper_row_steps_per_token": padding, "ratio_row_steps_per_s": per_step})
+    print(
+        f"why: the paper's loop computes {padding:.2f} row-steps per real token (finished rows stay in the batch "
+        f"until its longest row stops); ours computes 1 (finished rows and their KV cache leave the batch). Per "
+        f"computed row-step ours runs at {per_step:.2f}x the speed of `generate` (a plain KV-cache loop; the prefill "
+        "computes the last position's logits only; where generate spends its extra per-step time is not profiled)."
+    )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="64 samples x 96 tokens instead of 256 x 128")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 avoids oversubscription)")
+    args = parser.parse_args()
+    run(args.quick, args.threads)
