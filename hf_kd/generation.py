@@ -417,7 +417,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     a("--output_dir", "--output-dir", required=True, help="folder of the parquet shards and the dataset card")
     a("--num_samples", "--num-samples", type=int, required=True)
     a("--prompt", default=None, help="one prompt for every sample (default 'The', the paper's)")
-    a("--prompts_file", "--prompts-file", default=None, help="text file, one prompt a line; sample i uses line i % n")
+    a("--prompts_file", "--prompts-file", default=None, help="text file, one prompt a line; sample i uses line i %% n")
     knob = parser.add_mutually_exclusive_group()
     knob.add_argument("--selectivity", type=float, default=None, help="beta: sample softmax(beta * z) (default 1)")
     knob.add_argument("--temperature", type=float, default=None, help="1 / beta")
