@@ -32,6 +32,7 @@ def assert_same_samples(a, b):
     a, b = a.to_dict(), b.to_dict()
     assert a.keys() == b.keys()
     assert {k: a[k] for k in a.keys() - floats} == {k: b[k] for k in b.keys() - floats}
+
     def flat(x):
         return [v for item in x for v in flat(item)] if isinstance(x, list) else [x]
 
