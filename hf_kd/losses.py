@@ -22,10 +22,8 @@ Reduction: ``sum(mask * value) / num_items_in_batch`` when given, else the mean 
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from .sharpening import _check_finite, check_selectivity
 
@@ -196,15 +194,104 @@ def distillation_loss(
     return _reduce(total, mask.sum(), num_items_in_batch)
 
 
-def _chunk_loss(student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias,
-                labels, selectivity, mask, **kwargs):  # fmt: skip
-    """Summed masked loss of one chunk of `(n, H)` hidden states (recomputed in backward by `checkpoint`)."""
-    student_logits = torch.nn.functional.linear(student_hidden, student_weight, student_bias)
-    teacher_logits = None
-    if teacher_hidden is not None:
-        teacher_logits = torch.nn.functional.linear(teacher_hidden, teacher_weight, teacher_bias)
-    per_token = _per_token_loss(student_logits, teacher_logits, labels, selectivity, **kwargs)
-    return torch.where(mask, per_token, torch.zeros_like(per_token)).sum()
+def _loss_and_logit_grad(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    selectivity: float | torch.Tensor,
+    loss_type: str,
+    temperature: float,
+    jsd_beta: float,
+    skew_alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token loss `(n,)` and its exact gradient with respect to the student logits `(n, V)`.
+
+    With ``q = softmax(z / T)`` and ``g = dL/dq`` (up to a per-token constant, which cancels), the chain rule through
+    the softmax gives ``dL/dz = q * (g - sum_v q_v g_v) / T``. Per loss:
+
+    - nll: ``dL/dz = (q - onehot(label)) / T``; forward KL: ``dL/dz = (q - p) / T``;
+    - reverse KL: ``g = log q - log p``; skew reverse KL: ``g = log q - log m - a q / m``, ``m = (1 - a) p + a q``;
+    - skew forward KL: ``g = -(1 - a) p / m``, ``m = a p + (1 - a) q``;
+    - generalized JSD (weight l): ``g = (1 - l) (log q - log m)``, ``m = l p + (1 - l) q``;
+    - TVD: ``g = sign(q - p) / 2``.
+    """
+    per_token = _per_token_loss(
+        student_logits, teacher_logits, labels, selectivity, loss_type, temperature, jsd_beta, skew_alpha
+    )
+    dtype = per_token.dtype
+    log_q = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    q = log_q.exp()
+    if loss_type == "nll":
+        q[torch.arange(q.shape[0], device=q.device), labels] -= 1.0
+        return per_token, q.div_(temperature)
+    beta = selectivity
+    if isinstance(beta, torch.Tensor) and beta.dim() > 0:
+        beta = beta.to(dtype).unsqueeze(-1)
+    log_p = torch.log_softmax(teacher_logits.to(dtype) * beta, dim=-1)
+    if loss_type == "forward_kl" or (loss_type == "generalized_jsd" and jsd_beta == 0):
+        return per_token, (q - log_p.exp()).div_(temperature)
+    if loss_type == "skew_forward_kl" and skew_alpha == 0:
+        return per_token, (q - log_p.exp()).div_(temperature)
+    if loss_type == "reverse_kl" or (loss_type == "generalized_jsd" and jsd_beta == 1):
+        g = log_q - log_p
+    elif loss_type == "generalized_jsd":
+        g = (log_q - _log_mix(log_p, log_q, jsd_beta)).mul_(1 - jsd_beta)
+    elif loss_type == "skew_forward_kl":
+        g = (log_p - _log_mix(log_p, log_q, skew_alpha)).exp_().mul_(-(1 - skew_alpha))
+    elif loss_type == "skew_reverse_kl":
+        log_m = log_p if skew_alpha == 0 else _log_mix(log_p, log_q, 1 - skew_alpha)
+        g = log_q - log_m - skew_alpha * (log_q - log_m).exp()
+    else:  # tvd
+        g = torch.sign(q - log_p.exp()).mul_(0.5)
+    g.sub_((q * g).sum(-1, keepdim=True))
+    return per_token, g.mul_(q).div_(temperature)
+
+
+class _ChunkedLinearLoss(torch.autograd.Function):
+    """Summed loss over token chunks of ``h @ W.T + b``; gradients are computed in forward, chunk by chunk.
+
+    Nothing of size `(n, V)` outlives a chunk and no autograd graph is built over the logits, so the extra memory is
+    a few `(chunk, V)` float32 buffers plus the `(V, H)` weight gradient (the approach of fused linear
+    cross-entropy kernels, here for every divergence of this module).
+    """
+
+    @staticmethod
+    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, labels, beta, chunk_size, kwargs):
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.zeros_like(h_s) if need_h else None
+        grad_w = torch.zeros_like(w_s, dtype=torch.promote_types(w_s.dtype, torch.float32)) if need_w else None
+        grad_b = torch.zeros_like(b_s, dtype=grad_w.dtype if need_w else torch.float32) if need_b else None
+        total = h_s.new_zeros((), dtype=torch.promote_types(h_s.dtype, torch.float32))
+        per_token_beta = isinstance(beta, torch.Tensor) and beta.dim() > 0
+        for start in range(0, h_s.shape[0], chunk_size):
+            sl = slice(start, start + chunk_size)
+            z_s = torch.nn.functional.linear(h_s[sl], w_s, b_s)
+            z_t = None if h_t is None else torch.nn.functional.linear(h_t[sl], w_t, b_t)
+            per_token, dz = _loss_and_logit_grad(
+                z_s,
+                z_t,
+                None if labels is None else labels[sl],
+                beta[sl] if per_token_beta else beta,
+                **kwargs,
+            )
+            total += per_token.sum()
+            del z_s, z_t
+            if need_h:
+                grad_h[sl] = (dz @ w_s.to(dz.dtype)).to(h_s.dtype)
+            if need_w:
+                grad_w.addmm_(dz.T, h_s[sl].to(dz.dtype))
+            if need_b:
+                grad_b += dz.sum(0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.weight_dtype = w_s.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        grads = [None if g is None else (g * grad_output.to(g.dtype)) for g in (grad_h, grad_w, grad_b)]
+        grads[1:] = [None if g is None else g.to(ctx.weight_dtype) for g in grads[1:]]
+        return (*grads, None, None, None, None, None, None, None)
 
 
 def chunked_distillation_loss(
@@ -227,9 +314,10 @@ def chunked_distillation_loss(
 ) -> torch.Tensor:
     """`distillation_loss` on the logits ``h @ W.T + b``, without materialising `(..., V)` logits.
 
-    Only the masked positions are scored. They are processed in chunks of `chunk_size` tokens; each chunk's logits are
-    recomputed in backward (activation checkpointing), so the extra memory is ``O(chunk_size * V)`` plus the gradient
-    of the student's lm_head weight, on every device. The teacher gets no gradient.
+    Only the masked positions are scored. They are processed in chunks of `chunk_size` tokens, and each chunk's
+    gradient is computed in closed form during the forward pass (see `_loss_and_logit_grad`), so the extra memory is
+    ``O(chunk_size * V)`` plus the gradient of the student's lm_head weight, on every device. The teacher gets no
+    gradient. Call `backward` at most once on the result (its gradients are stored, not recomputed).
 
     Args:
         student_hidden (`torch.Tensor` of shape `(..., H)`): the student's last hidden states at the scored positions.
@@ -278,24 +366,8 @@ def chunked_distillation_loss(
     teacher_weight = None if teacher_weight is None else teacher_weight.detach()
     teacher_bias = None if teacher_bias is None else teacher_bias.detach()
 
-    total = student_hidden.new_zeros(())
-    for start in range(0, hidden_s.shape[0], chunk_size):
-        sl = slice(start, start + chunk_size)
-        chunk_mask = torch.ones(hidden_s[sl].shape[0], dtype=torch.bool, device=hidden_s.device)
-        args = (
-            hidden_s[sl],
-            student_weight,
-            student_bias,
-            None if hidden_t is None else hidden_t[sl],
-            teacher_weight,
-            teacher_bias,
-            None if flat_labels is None else flat_labels[sl],
-            beta[sl] if isinstance(beta, torch.Tensor) and beta.dim() > 0 else beta,
-            chunk_mask,
-        )
-        fn = partial(_chunk_loss, **kwargs)
-        if torch.is_grad_enabled() and (hidden_s.requires_grad or student_weight.requires_grad):
-            total = total + checkpoint(fn, *args, use_reentrant=False)
-        else:
-            total = total + fn(*args)
+    total = _ChunkedLinearLoss.apply(
+        hidden_s, student_weight, student_bias, hidden_t, teacher_weight, teacher_bias, flat_labels, beta, chunk_size,
+        kwargs,
+    )  # fmt: skip
     return _reduce(total, count, num_items_in_batch)
