@@ -15,6 +15,7 @@ from .sharpening import solve_selectivity
 
 __all__ = [
     "EntropyTargetLogitsProcessor",
+    "dataset_completion_ids",
     "draw_source",
     "sample_completions",
     "tokenize_completions",
@@ -192,5 +193,44 @@ def tokenize_completions(
             ids = list(full[len(p_ids) :])
         if not ids or ids[-1] != eos_token_id:
             ids = list(ids) + [eos_token_id]
+        out.append(ids[:max_length] if max_length is not None else ids)
+    return out
+
+
+def dataset_completion_ids(
+    completion_ids: list,
+    finished: list | None,
+    *,
+    eos_token_id: int,
+    max_length: int | None,
+    eos_token_ids: list[int] | None = None,
+) -> list[list[int]]:
+    """Completion ids stored in a generated dataset (`hf_kd.generation`), used as they are: no re-tokenisation.
+
+    Re-tokenising the decoded text would not give back the sampled ids in general (merges, skipped special tokens),
+    and the stored top-k log-probs are aligned with the sampled ids. A sample that ended (``finished=True``) ends
+    with EOS (appended if missing); a sample cut off at the generation length (``finished=False``) gets no EOS, so
+    the student is not taught to stop where the teacher did not. Without a `finished` column the ids are kept as
+    stored.
+
+    Args:
+        completion_ids (`list[list[int]]`): the `completion_ids` column of the batch.
+        finished (`list[bool]`, *optional*): the `finished` column (the teacher emitted EOS).
+        eos_token_id (`int`): appended to finished samples that do not already end with an EOS.
+        eos_token_ids (`list[int]`, *optional*): every id that counts as EOS (the generation config may list more).
+        max_length (`int`, *optional*): `max_completion_length` (longer samples are clipped, like a generation).
+
+    Returns:
+        `list[list[int]]`: completion ids per example.
+    """
+    finished = [None] * len(completion_ids) if finished is None else finished
+    eos = {eos_token_id, *(eos_token_ids or [])}
+    out = []
+    for ids, done in zip(completion_ids, finished, strict=True):
+        if ids is None or len(ids) == 0:
+            raise ValueError("a dataset row has empty 'completion_ids'; every example needs at least one token.")
+        ids = [int(t) for t in ids]
+        if done and ids[-1] not in eos:
+            ids.append(eos_token_id)
         out.append(ids[:max_length] if max_length is not None else ids)
     return out

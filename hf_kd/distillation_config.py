@@ -10,6 +10,7 @@ import torch
 import trl
 
 from .losses import LOSS_TYPES
+from .topk import TAIL_MODES
 
 __all__ = ["COMPLETION_SOURCES", "DistillationConfig"]
 
@@ -71,13 +72,23 @@ class DistillationConfig(trl.DistillationConfig):
             `"skew_reverse_kl"`, `"tvd"` (see `hf_kd.losses`). `"nll"` needs no teacher forward pass.
         skew_alpha (`float`, *optional*, defaults to `0.1`):
             Skew of the skew KL losses (DistiLLM), in [0, 1).
-        loss_chunk_size (`int`, *optional*, defaults to `1024`):
-            Tokens per chunk of the memory-bounded loss (logits are never materialised for the whole batch).
+        loss_chunk_size (`int`, *optional*):
+            Tokens per chunk of the memory-bounded loss (logits are never materialised for the whole batch). By
+            default about ``2**22`` logits (16 MB in float32) per chunk, i.e. ``2**22 // vocab_size`` tokens.
+        topk_tail (`str`, *optional*, defaults to `"bucket"`):
+            With `completion_source="dataset"` on a dataset that stores the teacher's top-k log-probs
+            (`hf_kd.generate_distillation_dataset(..., store_topk=K)`), the KL-family losses use them instead of a
+            live teacher, and this says how the teacher's mass outside its top-k (the *tail*) is handled:
+            `"bucket"`: the tail is one extra outcome (teacher mass ``1 - sum_k p_k``, student mass outside the
+            teacher's top-k), an exact divergence between coarse-grained distributions (never above the full one,
+            equal when K = vocab); sharpening is impossible then (`selectivity` must be 1). `"renormalize"`: teacher
+            and student are restricted to the teacher's top-k ids and renormalised there; the teacher is sharpened
+            exactly on that support (`selectivity`, or `target_entropy` solved on the top-k). See `hf_kd.topk`.
 
     > [!NOTE]
     > Defaults differ from [`trl.DistillationConfig`] so that a CPU run works out of the box: `bf16` defaults to `True`
-    > only when a CUDA device with bf16 support is present, and `gradient_checkpointing` defaults to off (no
-    > deprecation warning is raised unless you set it).
+    > only when a CUDA device with bf16 support is present, `dataloader_pin_memory` only when CUDA is available, and
+    > `gradient_checkpointing` defaults to off (no deprecation warning is raised unless you set it).
     """
 
     selectivity: float = field(
@@ -98,7 +109,17 @@ class DistillationConfig(trl.DistillationConfig):
     )
     loss_type: str = field(default="generalized_jsd", metadata={"help": f"One of {', '.join(LOSS_TYPES)}."})
     skew_alpha: float = field(default=0.1, metadata={"help": "Skew of the skew KL losses, in [0, 1)."})
-    loss_chunk_size: int = field(default=1024, metadata={"help": "Tokens per chunk of the memory-bounded loss."})
+    loss_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per chunk of the memory-bounded loss; default: about 2**22 logits per chunk."},
+    )
+    topk_tail: str = field(
+        default="bucket",
+        metadata={
+            "help": "With stored top-k teacher log-probs: 'bucket' (the tail mass is one extra outcome; exact "
+            "coarse-grained divergence, no sharpening) or 'renormalize' (both restricted to the teacher's top-k)."
+        },
+    )
 
     # CPU-sane overrides of TRL's defaults (bf16 is unusable on CPU; checkpointing warns under transformers 5).
     gradient_checkpointing: bool | None = field(
@@ -107,10 +128,15 @@ class DistillationConfig(trl.DistillationConfig):
     bf16: bool | None = field(
         default=None, metadata={"help": "bf16 mixed precision; defaults to True only on CUDA devices that support it."}
     )
+    dataloader_pin_memory: bool | None = field(
+        default=None, metadata={"help": "Pin dataloader memory; defaults to True only when CUDA is available."}
+    )
 
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = bool(_cuda_bf16() and not self.fp16)
+        if self.dataloader_pin_memory is None:  # pinning without an accelerator only warns
+            self.dataloader_pin_memory = torch.cuda.is_available()
         super().__post_init__()
         self.completion_source = _parse_source(self.completion_source)
         if self.loss_type not in LOSS_TYPES:
@@ -139,8 +165,12 @@ class DistillationConfig(trl.DistillationConfig):
             raise ValueError("per_token_selectivity=True needs target_entropy (a beta is solved per token).")
         if not 0.0 <= self.skew_alpha < 1.0:
             raise ValueError(f"skew_alpha must be in [0, 1) (got {self.skew_alpha}); DistiLLM uses 0.1.")
-        if self.loss_chunk_size < 1:
-            raise ValueError(f"loss_chunk_size must be >= 1 (got {self.loss_chunk_size}).")
+        if self.loss_chunk_size is not None and self.loss_chunk_size < 1:
+            raise ValueError(
+                f"loss_chunk_size must be >= 1 (got {self.loss_chunk_size}); leave it None for the automatic size."
+            )
+        if self.topk_tail not in TAIL_MODES:
+            raise ValueError(f"topk_tail={self.topk_tail!r} is unknown; choose one of {TAIL_MODES}.")
         if self.loss_type == "nll" and self.completion_source == "student":
             raise ValueError(
                 "loss_type='nll' with completion_source='student' trains the student on its own samples (no teacher "

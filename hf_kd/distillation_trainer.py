@@ -9,14 +9,18 @@ import torch
 import trl
 from transformers import PreTrainedModel
 
-from .completions import draw_source, sample_completions, tokenize_completions
+from .completions import dataset_completion_ids, draw_source, sample_completions, tokenize_completions
 from .distillation_config import DistillationConfig
-from .losses import chunked_distillation_loss
+from .losses import LOGITS_PER_CHUNK, chunked_distillation_loss
 from .sharpening import solve_selectivity, token_entropy
+from .topk import chunked_topk_distillation_loss, topk_teacher_log_probs
 
 __all__ = ["DistillationTrainer"]
 
 COMPLETION_COLUMN = "completion"
+# Written by hf_kd.generation: the sampled ids (used as they are), whether the teacher stopped, its stored top-k.
+COMPLETION_IDS_COLUMN, FINISHED_COLUMN = "completion_ids", "finished"
+TOPK_COLUMNS = ("topk_ids", "topk_logprobs")
 # Logit post-processing TRL's kernel applies and our loss does not: refuse such models rather than train wrongly.
 _UNSUPPORTED_LOGIT_ATTRS = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
 
@@ -26,6 +30,20 @@ def _column_names(dataset) -> list[str] | None:
     if names is None and getattr(dataset, "features", None) is not None:
         names = list(dataset.features)
     return names
+
+
+def _datasets(train_dataset, eval_dataset):
+    """(split name, dataset) pairs, eval dicts flattened, Nones dropped."""
+    for split, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+        for ds in dataset.values() if isinstance(dataset, dict) else [dataset]:
+            if ds is not None:
+                yield split, ds
+
+
+def _has_topk(train_dataset, eval_dataset) -> bool:
+    """Whether every given dataset stores the teacher's top-k log-probs (store_topk=K in hf_kd.generation)."""
+    found = [_column_names(ds) for _, ds in _datasets(train_dataset, eval_dataset)]
+    return bool(found) and all(names is not None and set(TOPK_COLUMNS) <= set(names) for names in found)
 
 
 def _check_logit_postprocessing(model) -> None:
@@ -53,6 +71,12 @@ class DistillationTrainer(trl.DistillationTrainer):
       sequence-level KD), `"dataset"` (the `completion` column) or a mixture drawn identically on every rank;
     - **losses**: `"nll"` (no teacher forward), forward/reverse KL, generalized JSD, skew KLs, TVD, all computed in
       token chunks from hidden states (memory bounded at large vocabularies).
+
+    Datasets written by `hf_kd.generate_distillation_dataset` are read as they were sampled: their `completion_ids`
+    are used directly (not the re-tokenised text), and samples cut off at the length limit (`finished=False`) get no
+    EOS. With `store_topk=K` they also hold the teacher's top-k log-probs per token; on dataset batches the KL-family
+    losses then use those (`hf_kd.topk`, tail handled as `args.topk_tail` says) and `teacher_model` may be None.
+    Such a dataset's prompts must tokenise as they did at generation (plain text, not a chat template).
 
     Logged metrics (besides TRL's): `teacher_entropy` and `teacher_entropy_sharpened` (nats per completion token,
     before/after sharpening), `selectivity` (mean beta used), `entropy` (the student's), `completions/from_<source>`.
@@ -95,24 +119,33 @@ class DistillationTrainer(trl.DistillationTrainer):
                 "completion_source and loss_type. Build one with hf_kd.DistillationConfig(output_dir, ...)."
             )
         sources = args.source_probabilities()
-        needs_teacher = args.loss_type != "nll" or sources.get("teacher", 0) > 0
-        if needs_teacher and teacher_model is None:
+        use_topk = sources.get("dataset", 0) > 0 and args.loss_type != "nll" and _has_topk(train_dataset, eval_dataset)
+        offline = set(sources) == {"dataset"} and (args.loss_type == "nll" or use_topk)
+        if teacher_model is None and not offline:
             raise ValueError(
                 f"loss_type={args.loss_type!r} with completion_source={args.completion_source!r} needs a "
-                "teacher_model (only loss_type='nll' on dataset completions trains without one)."
+                "teacher_model. Without one, train on completion_source='dataset' with loss_type='nll', or with a "
+                "KL-family loss on a dataset that stores the teacher's top-k log-probs (columns "
+                f"{list(TOPK_COLUMNS)}, written by hf_kd.generate_distillation_dataset(..., store_topk=K))."
+            )
+        if use_topk and args.topk_tail == "bucket" and (args.selectivity != 1 or args.target_entropy is not None):
+            raise ValueError(
+                "the dataset stores the teacher's top-k log-probs and topk_tail='bucket' cannot sharpen them (the "
+                "tail's inner shape is unknown); set topk_tail='renormalize' to sharpen on the top-k support, or "
+                "keep selectivity=1 and sample the dataset at the selectivity you want."
             )
         if tools and set(sources) != {"student"}:
             raise ValueError("tools are only supported with completion_source='student' (multi-turn generation).")
         if sources.get("dataset", 0) > 0:
-            for split, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-                for ds in dataset.values() if isinstance(dataset, dict) else [dataset]:
-                    names = _column_names(ds) if ds is not None else None
-                    if names is not None and COMPLETION_COLUMN not in names:
-                        raise ValueError(
-                            f"completion_source={args.completion_source!r} reads completions from a "
-                            f"'{COMPLETION_COLUMN}' column, but {split} has only {names}. Add the column (e.g. "
-                            "dataset.rename_column('response', 'completion')) or use another completion_source."
-                        )
+            for split, ds in _datasets(train_dataset, eval_dataset):
+                names = _column_names(ds)
+                if names is not None and not {COMPLETION_COLUMN, COMPLETION_IDS_COLUMN} & set(names):
+                    raise ValueError(
+                        f"completion_source={args.completion_source!r} reads completions from a "
+                        f"'{COMPLETION_COLUMN}' (or '{COMPLETION_IDS_COLUMN}') column, but {split} has only {names}. "
+                        "Add the column (e.g. dataset.rename_column('response', 'completion')) or use another "
+                        "completion_source."
+                    )
         if isinstance(model, PreTrainedModel) and isinstance(teacher_model, PreTrainedModel):
             v_s = model.config.get_text_config().vocab_size
             v_t = teacher_model.config.get_text_config().vocab_size
@@ -154,31 +187,70 @@ class DistillationTrainer(trl.DistillationTrainer):
                 f"lies in (0, log V = {math.log(vocab):.4f}); choose a value inside that range."
             )
         self.source_probabilities = sources
+        self.use_topk = use_topk
         self._source = "student"
         self._pending_dataset = None
         self._pending_stats = None
+
+    def _set_signature_columns_if_needed(self):
+        # TRL keeps only the prompt (and images) when remove_unused_columns=True; the dataset source needs its columns.
+        super()._set_signature_columns_if_needed()
+        extra = [COMPLETION_COLUMN, COMPLETION_IDS_COLUMN, FINISHED_COLUMN, *TOPK_COLUMNS]
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *extra]))
 
     # ----------------------------------------------------------------------------------------------- completions
     def _generate_and_score_completions(self, inputs):
         # One source per generation batch, drawn from (seed, global step): the same on every rank and after a resume.
         self._source = draw_source(self.source_probabilities, self.args.seed, self.state.global_step)
-        if self._source == "dataset":
-            self._pending_dataset = ([x["prompt"] for x in inputs], [x.get(COMPLETION_COLUMN) for x in inputs])
+        self._pending_dataset = inputs if self._source == "dataset" else None
         output = super()._generate_and_score_completions(inputs)
+        if self._source == "dataset" and self.use_topk and self.args.loss_type != "nll":
+            output.update(self._stored_topk(inputs, output["completion_ids"].shape[1]))
         mode = "train" if self.model.training else "eval"
         if len(self.source_probabilities) > 1:
             for name in self.source_probabilities:
                 self._metrics[mode][f"completions/from_{name}"].append(float(name == self._source))
         return output
 
+    def _stored_topk(self, inputs, width: int) -> dict[str, torch.Tensor]:
+        """The dataset's top-k teacher ids and log-probs as `(B, width, K)` tensors aligned with the completion ids."""
+        device = self.accelerator.device
+        rows = []
+        for x in inputs:
+            ids, top_ids, top_lp = x.get(COMPLETION_IDS_COLUMN), x[TOPK_COLUMNS[0]], x[TOPK_COLUMNS[1]]
+            if ids is None or len(top_ids) != len(ids) or len(top_lp) != len(ids):
+                raise ValueError(
+                    f"a dataset row has {len(top_ids)} top-k rows for {None if ids is None else len(ids)} "
+                    f"'{COMPLETION_IDS_COLUMN}': the stored top-k must hold one row per completion token (as "
+                    "hf_kd.generate_distillation_dataset writes them); do not edit completions of such a dataset."
+                )
+            rows.append((torch.as_tensor(top_ids, dtype=torch.long), torch.as_tensor(top_lp, dtype=torch.float32)))
+        k = rows[0][0].shape[-1]
+        out_ids = torch.zeros(len(rows), width, k, dtype=torch.long)
+        out_lp = torch.zeros(len(rows), width, k, dtype=torch.float32)
+        for i, (top_ids, top_lp) in enumerate(rows):
+            n = min(width, top_ids.shape[0])
+            if top_ids.shape[-1] != k:
+                raise ValueError(f"rows store different top-k sizes ({top_ids.shape[-1]} and {k}); use one K.")
+            out_ids[i, :n], out_lp[i, :n] = top_ids[:n], top_lp[:n]
+        return {TOPK_COLUMNS[0]: out_ids.to(device), TOPK_COLUMNS[1]: out_lp.to(device)}
+
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
         if self._source == "dataset":
-            prompts, completions = self._pending_dataset
-            self._pending_dataset = None
+            inputs, self._pending_dataset = self._pending_dataset, None
+            if inputs[0].get(COMPLETION_IDS_COLUMN) is not None:  # a generated dataset: the sampled ids as they are
+                finished = [x[FINISHED_COLUMN] for x in inputs] if FINISHED_COLUMN in inputs[0] else None
+                return dataset_completion_ids(
+                    [x[COMPLETION_IDS_COLUMN] for x in inputs],
+                    finished,
+                    eos_token_id=self._tokenizer.eos_token_id,
+                    eos_token_ids=self.eos_token_ids,
+                    max_length=self.max_completion_length,
+                )
             return tokenize_completions(
                 self.processing_class,
-                prompts,
-                completions,
+                [x["prompt"] for x in inputs],
+                [x.get(COMPLETION_COLUMN) for x in inputs],
                 prompt_ids,
                 eos_token_id=self._tokenizer.eos_token_id,
                 max_length=self.max_completion_length,
@@ -235,6 +307,16 @@ class DistillationTrainer(trl.DistillationTrainer):
             labels = inputs["completion_ids"][valid].to(h_s.device)
             loss = chunked_distillation_loss(h_s, student_head.weight, loss_type="nll", labels=labels, **common)
             teacher = None
+        elif TOPK_COLUMNS[0] in inputs:  # the dataset's stored teacher top-k replaces the live teacher
+            top_ids, top_lp = (inputs[c].to(h_s.device)[valid.to(h_s.device)] for c in TOPK_COLUMNS)
+            beta = self._topk_selectivity(top_lp)
+            loss = chunked_topk_distillation_loss(
+                h_s, student_head.weight, top_ids, top_lp, loss_type=args.loss_type, tail=args.topk_tail,
+                selectivity=beta, **common,
+            )  # fmt: skip
+            self._stash_topk_stats(top_lp, beta)
+            entropy_sum = self._entropy_sums(h_s.detach(), student_head.weight, student_head.bias, None)
+            return loss, entropy_sum, valid.sum()
         else:
             unwrapped_teacher = self.accelerator.unwrap_model(self.teacher_model)
             self.teacher_model.eval()
@@ -266,8 +348,35 @@ class DistillationTrainer(trl.DistillationTrainer):
         return loss, entropy_sum, valid.sum()
 
     def _chunks(self, n: int, cap: int | None = None):
-        size = min(self.args.loss_chunk_size, cap or n or 1)
+        size = self.args.loss_chunk_size
+        if size is None:  # the automatic size of hf_kd.losses
+            size = max(1, LOGITS_PER_CHUNK // self.model.config.get_text_config().vocab_size)
+        size = min(size, cap or n or 1)
         return [slice(i, i + size) for i in range(0, n, size)]
+
+    @torch.no_grad()
+    def _topk_selectivity(self, top_lp) -> float | torch.Tensor:
+        """Beta for the stored top-k teacher: `args.selectivity`, or solved for `args.target_entropy` on the
+        renormalised top-k (``renormalize`` only; `__init__` refuses sharpening with ``bucket``)."""
+        args = self.args
+        if args.target_entropy is None or top_lp.shape[0] == 0:
+            return args.selectivity
+        beta = solve_selectivity(top_lp.float(), args.target_entropy, per_token=args.per_token_selectivity)
+        return beta if args.per_token_selectivity else beta.item()
+
+    @torch.no_grad()
+    def _stash_topk_stats(self, top_lp, beta) -> None:
+        """Teacher entropy metrics over the stored outcomes (top-k, plus the tail bucket with ``bucket``)."""
+        n = top_lp.shape[0]
+        b = beta.float() if isinstance(beta, torch.Tensor) else torch.full((n,), float(beta), device=top_lp.device)
+        sums = torch.zeros(3, device=top_lp.device)
+        for sl in self._chunks(n, cap=4096):
+            entropies = []
+            for sharpen in (False, True):
+                log_p = topk_teacher_log_probs(top_lp[sl], self.args.topk_tail, b[sl] if sharpen else 1.0)
+                entropies.append(-(log_p.exp() * log_p).nan_to_num().sum(-1).sum())  # 0 log 0 = 0 on an empty tail
+            sums += torch.stack([*entropies, b[sl].sum()])
+        self._pending_stats = torch.cat([torch.tensor([float(n)], device=top_lp.device), sums])
 
     @torch.no_grad()
     def _selectivity_for(self, h_t, weight, bias) -> float | torch.Tensor:

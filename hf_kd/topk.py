@@ -13,6 +13,9 @@ vocabulary (the *tail*) is lost; two ways to handle it:
   the teacher is then sharpened exactly on that support, ``softmax(selectivity * log p_topk)``.
 
 With K = V both modes give the loss of `hf_kd.losses.distillation_loss` on the live teacher's logits.
+
+`chunked_topk_distillation_loss` is the memory-bounded form used by `hf_kd.DistillationTrainer`: it takes the
+student's hidden states and lm_head, and never holds more than one chunk of student logits (see its docstring).
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
-from .losses import LOSS_TYPES, token_divergence
+from .losses import LOGITS_PER_CHUNK, LOSS_TYPES, token_divergence
 from .sharpening import check_selectivity
 
-__all__ = ["TAIL_MODES", "topk_distillation_loss", "topk_teacher_log_probs"]
+__all__ = ["TAIL_MODES", "chunked_topk_distillation_loss", "topk_distillation_loss", "topk_teacher_log_probs"]
 
 TAIL_MODES = ("bucket", "renormalize")
 
@@ -133,3 +137,71 @@ def topk_distillation_loss(
     if num_items_in_batch is not None:
         return total / num_items_in_batch
     return total / mask.sum().clamp_min(1)
+
+
+def _chunk_sum(h, weight, bias, ids, logprobs, beta, kwargs):
+    """Summed top-k loss of one chunk of hidden states (recomputed in backward by `checkpoint`)."""
+    logits = torch.nn.functional.linear(h, weight, bias)
+    return topk_distillation_loss(logits, ids, logprobs, selectivity=beta, num_items_in_batch=1, **kwargs)
+
+
+def chunked_topk_distillation_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    *,
+    loss_type: str = "forward_kl",
+    tail: str = "bucket",
+    selectivity: float | torch.Tensor = 1.0,
+    temperature: float = 1.0,
+    jsd_beta: float = 0.5,
+    skew_alpha: float = 0.1,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    student_bias: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """`topk_distillation_loss` on the student logits ``h @ W.T + b`` of the scored tokens, chunk by chunk.
+
+    Each chunk of `chunk_size` tokens is computed under `torch.utils.checkpoint`: the forward keeps only the chunk's
+    inputs, and backward recomputes one chunk's logits at a time. Memory beyond the hidden states is therefore one
+    chunk's autograd graph, a handful of `(chunk_size, V)` float32 buffers (about 8: logits, log-softmax, the
+    scatter for the tail and their gradients), plus the lm_head weight gradient; never `(N, V)`.
+
+    Args:
+        student_hidden (`torch.Tensor` of shape `(N, H)`): the student's last hidden states at the scored tokens.
+        student_weight (`torch.Tensor` of shape `(V, H)`): the student's lm_head weight.
+        topk_ids, topk_logprobs (`torch.Tensor` of shape `(N, K)`): the stored teacher top-k per scored token.
+        student_bias (`torch.Tensor` of shape `(V,)`, *optional*): lm_head bias.
+        selectivity (`float` or `torch.Tensor` of shape `(N,)`): teacher sharpening (``renormalize``, or 1).
+        chunk_size (`int`, *optional*): tokens per chunk; by default about ``2**22`` logits per chunk.
+        loss_type, tail, temperature, jsd_beta, skew_alpha, num_items_in_batch: as in `topk_distillation_loss`.
+
+    Returns:
+        `torch.Tensor`: scalar loss, equal to `topk_distillation_loss` on the full `(N, V)` logits.
+    """
+    if student_hidden.dim() != 2 or topk_ids.shape[0] != student_hidden.shape[0]:
+        raise ValueError(
+            f"expected student_hidden (N, H) and topk_ids (N, K) with the same N; got {tuple(student_hidden.shape)} "
+            f"and {tuple(topk_ids.shape)}."
+        )
+    if chunk_size is None:
+        chunk_size = max(1, LOGITS_PER_CHUNK // student_weight.shape[0])
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 (got {chunk_size}).")
+    kwargs = dict(loss_type=loss_type, tail=tail, temperature=temperature, jsd_beta=jsd_beta, skew_alpha=skew_alpha)
+    per_token_beta = isinstance(selectivity, torch.Tensor) and selectivity.dim() > 0
+    n = student_hidden.shape[0]
+    # 0 * sum keeps the result in the graph even with no scored token (backward then gives zero gradients).
+    total = (student_hidden.sum() * 0).to(torch.promote_types(student_hidden.dtype, torch.float32))
+    for start in range(0, n, chunk_size):
+        sl = slice(start, start + chunk_size)
+        beta = selectivity[sl] if per_token_beta else selectivity
+        args = (student_hidden[sl], student_weight, student_bias, topk_ids[sl], topk_logprobs[sl], beta, kwargs)
+        if torch.is_grad_enabled() and (student_hidden.requires_grad or student_weight.requires_grad):
+            total = total + checkpoint(_chunk_sum, *args, use_reentrant=False)
+        else:
+            total = total + _chunk_sum(*args)
+    if num_items_in_batch is not None:
+        return total / num_items_in_batch
+    return total / max(n, 1)

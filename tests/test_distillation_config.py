@@ -21,7 +21,9 @@ def test_cpu_defaults_without_warnings(tmp_path):
     assert args.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     assert args.gradient_checkpointing is False and args.activation_checkpointing is False
     assert (args.selectivity, args.target_entropy, args.completion_source) == (1.0, None, "student")
-    assert (args.loss_type, args.skew_alpha, args.loss_chunk_size) == ("generalized_jsd", 0.1, 1024)
+    assert (args.loss_type, args.skew_alpha, args.loss_chunk_size) == ("generalized_jsd", 0.1, None)
+    assert args.topk_tail == "bucket"
+    assert args.dataloader_pin_memory is torch.cuda.is_available()
     # TRL's own fields keep their meaning and defaults
     assert (args.temperature, args.beta, args.remove_unused_columns) == (1.0, 1.0, False)
 
