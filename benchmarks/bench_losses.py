@@ -13,13 +13,10 @@ import time
 from pathlib import Path
 
 import torch
+from memory import PeakMemory, fix_mmap_threshold  # benchmarks/ is on sys.path (script or run_all.py)
+from report import row
 
 from hf_kd.losses import chunked_distillation_loss, distillation_loss
-
-try:
-    from memory import PeakMemory, fix_mmap_threshold
-except ImportError:  # imported as benchmarks.bench_losses
-    from benchmarks.memory import PeakMemory, fix_mmap_threshold
 
 VOCAB, HIDDEN = 49_152, 576
 
@@ -74,6 +71,17 @@ def run(quick: bool = False, loss_type: str = "forward_kl", selectivity: float =
         "time_ratio": result_chunked["seconds"] / result_dense["seconds"],
         "target": "memory_ratio < 0.25",
     }
+
+
+def headline(result: dict) -> list[dict]:
+    """Peak extra memory (target: chunked < 25 % of dense) and time, chunked vs dense."""
+    d, c = result["dense"], result["chunked"]
+    return [
+        row("losses", "peak extra memory, chunked vs dense (fwd+bwd)", c["peak_extra_mb"], d["peak_extra_mb"],
+            result["memory_ratio"], "ratio < 0.25", result["memory_ratio"] < 0.25, "MB"),
+        row("losses", "time, chunked vs dense (fwd+bwd)", c["seconds"], d["seconds"], result["time_ratio"], "none",
+            None, "s"),
+    ]  # fmt: skip
 
 
 def main():

@@ -24,42 +24,14 @@ import time
 
 import torch
 import torch.nn.functional as F
+from memory import DevicePeakMemory, fix_mmap_threshold  # benchmarks/ is on sys.path (script or run_all.py)
+from report import row
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_kd.metrics.lm_adapter import score_token_sequences
 
-try:
-    from memory import PeakMemory, fix_mmap_threshold
-except ImportError:  # imported as benchmarks.bench_scoring
-    from benchmarks.memory import PeakMemory, fix_mmap_threshold
-
 VOCAB = 49_152
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_scoring.json")
-
-
-class DevicePeakMemory:
-    """Peak memory above the level on entry: the CUDA allocator's peak, or the polled RSS on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.peak = device, 0
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-        else:
-            self.rss = PeakMemory().__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.start
-        else:
-            self.rss.__exit__(*exc)
-            self.peak = self.rss.peak_extra
-        return False
 
 
 def make_model(device: torch.device) -> LlamaForCausalLM:
@@ -158,6 +130,20 @@ def run(quick: bool = False, device: str | None = None) -> dict:
     with open(name, "w") as f:
         json.dump(result, f, indent=2)
     return result
+
+
+def headline(result: dict) -> list[dict]:
+    """Throughput (target >= 1.5x), equal values (per token <= 1e-4) and lower peak memory, vs evaluate's approach."""
+    r = result
+    mem_ratio = r["ours_peak_memory_mb"] / r["baseline_peak_memory_mb"]
+    return [
+        row("scoring", "tokens/s, CausalLMAdapter vs evaluate perplexity", r["ours_tokens_per_s"],
+            r["baseline_tokens_per_s"], r["speedup"], "ratio >= 1.5", r["speedup"] >= 1.5, "tok/s"),
+        row("scoring", "max abs difference of log-likelihood per token", r["max_abs_diff_per_token"], None, None,
+            "<= 1e-4", r["max_abs_diff_per_token"] <= 1e-4, "nats"),
+        row("scoring", "peak memory above start", r["ours_peak_memory_mb"], r["baseline_peak_memory_mb"], mem_ratio,
+            "ratio < 1", mem_ratio < 1, "MB"),
+    ]  # fmt: skip
 
 
 def main():

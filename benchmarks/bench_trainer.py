@@ -1,11 +1,11 @@
 """hf_kd.DistillationTrainer (selectivity=2) vs trl.DistillationTrainer: step time and peak memory on CPU.
 
-Teacher: SmolLM2-135M-Instruct (real weights, from ../shared/tools/smollm2_offline.py); student: its first 6 layers.
+Teacher: SmolLM2-135M-Instruct (real weights, from hf_kd.offline.smollm2_135m_instruct()); student: its first 6 layers.
 Batch 4, exactly 32 completion tokens (min_new_tokens=32), on-policy (student) completions, TRL's default loss
 (generalized JSD with beta=1, i.e. reverse KL) for both; ours also sharpens the teacher with selectivity=2 and logs the
 extra entropy metrics. Each trainer runs in its own process so that peak memory is its own.
 
-    python benchmarks/bench_trainer.py [--quick] [--model-dir /work/smollm2]
+    HF_KD_SMOLLM2_DIR=/work/smollm2 python benchmarks/bench_trainer.py [--quick]
 
 Writes benchmarks/results/bench_trainer[_quick].json. Targets: step time ratio <= 1.05, peak memory ratio <= 1.05.
 """
@@ -15,43 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-DEFAULT_MODEL_DIR = os.environ.get("HF_KD_SMOLLM2", "/work/smollm2")
+from memory import PeakMemory  # benchmarks/ is on sys.path (script or run_all.py)
+from report import row
+
 RESULTS = Path(__file__).parent / "results"
 BATCH, COMPLETION_TOKENS, STUDENT_LAYERS = 4, 32, 6
-
-
-def _rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
-class _PeakRSS:
-    """Polls the process RSS in a thread; `peak` is the maximum seen (MiB)."""
-
-    def __init__(self, every_s: float = 0.005):
-        self.peak, self._stop, self._every = _rss_mb(), threading.Event(), every_s
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_mb())
-            time.sleep(self._every)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def _load(model_dir: str):
@@ -115,8 +88,7 @@ def _worker(kind: str, steps: int, model_dir: str, queue) -> None:
             times.append(time.perf_counter() - self.t0)
 
     trainer.add_callback(Timer())
-    base = _rss_mb()
-    with _PeakRSS() as peak:
+    with PeakMemory(interval=0.005) as mem:
         trainer.train()
     import resource
 
@@ -125,9 +97,9 @@ def _worker(kind: str, steps: int, model_dir: str, queue) -> None:
         {
             "kind": kind,
             "step_times_s": times,
-            "rss_before_train_mb": base,
-            "peak_rss_mb": peak.peak,
-            "train_peak_increase_mb": peak.peak - base,
+            "rss_before_train_mb": mem.start / 2**20,
+            "peak_rss_mb": mem.peak / 2**20,
+            "train_peak_increase_mb": mem.peak_extra / 2**20,
             "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "losses": [h["loss"] for h in logs],
             "completion_mean_length": [h.get("completions/mean_length") for h in logs],
@@ -145,12 +117,11 @@ def _run_one(kind: str, steps: int, model_dir: str) -> dict:
     return result
 
 
-def run(quick: bool = False, model_dir: str = DEFAULT_MODEL_DIR) -> dict:
+def run(quick: bool = False, model_dir: str | None = None) -> dict:
     """Benchmark both trainers (alternating processes) and return the figures and ratios (also written as JSON)."""
-    if not Path(model_dir, "config.json").exists():
-        raise FileNotFoundError(
-            f"no SmolLM2 checkpoint in {model_dir}; run: python ../shared/tools/smollm2_offline.py {model_dir}"
-        )
+    from hf_kd.offline import smollm2_135m_instruct  # honours $HF_KD_SMOLLM2_DIR
+
+    model_dir = str(smollm2_135m_instruct(model_dir))
     steps, rounds = (4, 1) if quick else (8, 2)  # the first step of each run is a warm-up and is not timed
     runs = {"trl": [], "hf_kd": []}
     for _ in range(rounds):
@@ -198,9 +169,20 @@ def run(quick: bool = False, model_dir: str = DEFAULT_MODEL_DIR) -> dict:
     return result
 
 
+def headline(result: dict) -> list[dict]:
+    """Step time and peak RSS vs trl.DistillationTrainer (targets: both ratios <= 1.05)."""
+    r = result
+    return [
+        row("trainer", "median step time, hf_kd (selectivity 2) vs trl", r["hf_kd_step_s"], r["trl_step_s"],
+            r["step_time_ratio"], "ratio <= 1.05", r["step_time_ratio"] <= 1.05, "s"),
+        row("trainer", "peak RSS of the training process, hf_kd vs trl", r["hf_kd_peak_rss_mb"], r["trl_peak_rss_mb"],
+            r["peak_memory_ratio"], "ratio <= 1.05", r["peak_memory_ratio"] <= 1.05, "MiB"),
+    ]  # fmt: skip
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one run of 4 steps per trainer (a few minutes)")
-    parser.add_argument("--model-dir", default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--model-dir", default=None, help="default: hf_kd.offline.smollm2_135m_instruct()")
     cli = parser.parse_args()
     run(quick=cli.quick, model_dir=cli.model_dir)

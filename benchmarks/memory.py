@@ -1,4 +1,4 @@
-"""Peak resident memory of a block of code, measured in the same process by polling /proc/self/statm (Linux)."""
+"""Peak memory of a block of code, measured in the same process: polled /proc/self/statm (Linux) or CUDA's peak."""
 
 import ctypes
 import os
@@ -24,7 +24,8 @@ def rss_bytes() -> int:
 
 
 class PeakMemory:
-    """Context manager: ``peak_extra`` is the highest RSS seen inside the block minus the RSS on entry (bytes).
+    """Context manager: ``peak_extra`` is the highest RSS seen inside the block minus the RSS on entry (bytes);
+    ``start`` and ``peak`` are the RSS on entry and the highest seen (bytes).
 
     CPU tensors are not seen by tracemalloc, and ``ru_maxrss`` is a high-water mark for the whole process, so a
     sampler thread reads the RSS every `interval` seconds instead.
@@ -32,10 +33,10 @@ class PeakMemory:
 
     def __init__(self, interval: float = 0.002):
         self.interval = interval
-        self.peak_extra = 0
+        self.start = self.peak = self.peak_extra = 0
 
     def __enter__(self):
-        self._start = self._peak = rss_bytes()
+        self.start = self._peak = rss_bytes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
@@ -49,6 +50,35 @@ class PeakMemory:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self._peak = max(self._peak, rss_bytes())
-        self.peak_extra = self._peak - self._start
+        self.peak = self._peak = max(self._peak, rss_bytes())
+        self.peak_extra = self.peak - self.start
+        return False
+
+
+class DevicePeakMemory:
+    """Peak memory above the level on entry (``peak`` bytes): the CUDA allocator's peak, or the polled RSS on CPU."""
+
+    def __init__(self, device):
+        self.device, self.peak = device, 0
+
+    def __enter__(self):
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.rss = PeakMemory().__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.start
+        else:
+            self.rss.__exit__(*exc)
+            self.peak = self.rss.peak_extra
         return False
