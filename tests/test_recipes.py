@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
 
 
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("smollm2_kd", ROOT / "recipes" / "smollm2_kd.py")
+def load_recipe(name="smollm2_kd"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(module)
@@ -32,20 +32,31 @@ def test_there_are_recipe_configs():
     assert "quickstart.yaml" in names and len(names) >= 4
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_config_parses_without_unknown_keys(recipe, path):
+def parser_for(path):
+    """evidence_*.yaml configs belong to recipes/smollm2_evidence.py, the others to recipes/smollm2_kd.py."""
     from trl import ModelConfig, TrlParser
 
     from hf_kd import DistillationConfig
 
-    parser = TrlParser((recipe.RecipeArguments, DistillationConfig, ModelConfig))
-    recipe_args, training_args, model_args = parser.parse_args_and_config(["--config", str(path)])
+    if path.name.startswith("evidence_"):
+        return TrlParser((load_recipe("smollm2_evidence").EvidenceArguments, DistillationConfig))
+    return TrlParser((load_recipe().RecipeArguments, DistillationConfig, ModelConfig))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses_without_unknown_keys(path):
+    parsed = parser_for(path).parse_args_and_config(["--config", str(path)])
     config = yaml.safe_load(path.read_text())
-    for key in config:
-        parsed = [getattr(a, key) for a in (recipe_args, training_args, model_args) if hasattr(a, key)]
-        assert parsed, f"{path.name}: {key} is not an option of the recipe"
-    assert recipe_args.teacher_name_or_path == config["teacher_name_or_path"]
-    assert training_args.bf16 is False  # CPU-sane default: no YAML forces bf16
+    for key, value in config.items():
+        found = [getattr(a, key) for a in parsed if hasattr(a, key)]
+        assert found, f"{path.name}: {key} is not an option of its recipe"
+        if (
+            isinstance(value, (str, int, list))
+            and not isinstance(value, bool)
+            and key not in ("completion_source", "report_to")
+        ):
+            assert found[0] == value, f"{path.name}: {key} parsed as {found[0]!r}, not {value!r}"
+    assert parsed[1].bf16 is False  # CPU-sane default: no YAML forces bf16
 
 
 def test_recipe_end_to_end_on_tiny_models(recipe, tokenizer, tmp_path, monkeypatch):
@@ -106,3 +117,32 @@ def test_recipe_end_to_end_on_tiny_models(recipe, tokenizer, tmp_path, monkeypat
     files = uploads[1][1]
     assert {"config.json", "model.safetensors", "README.md"} <= set(files)
     assert str(tmp_path) not in files["README.md"].decode()
+
+
+def test_evidence_recipe_end_to_end_and_resume(tokenizer, tmp_path, capsys):
+    evidence = load_recipe("smollm2_evidence")
+    teacher_dir = tmp_path / "p_star"
+    make_llama(len(tokenizer), seed=0, hidden=32, layers=2).save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    argv = [
+        "--model_name_or_path", str(teacher_dir), "--temperatures", "0.5", "1.0", "--seeds", "0", "1",
+        "--prompt", "the", "--num_train_samples", "8", "--max_new_tokens", "5", "--student_num_layers", "1",
+        "--eval_num_samples", "6", "--generation_batch_size", "4", "--completion_source", "dataset",
+        "--loss_type", "nll", "--per_device_train_batch_size", "4", "--max_steps", "2", "--learning_rate", "1e-3",
+        "--save_strategy", "no", "--report_to", "none", "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    rows = evidence.main(argv)
+    out = tmp_path / "out"
+    results = json.loads((out / "results.json").read_text())
+    assert [r["temperature"] for r in results["summary"]] == [0.5, 1.0]
+    assert len(results["runs"]) == 4 and {r["seed"] for r in results["runs"]} == {0, 1}
+    for row, saved in zip(rows, results["summary"]):
+        runs = [r for r in results["runs"] if r["temperature"] == row["temperature"]]
+        assert saved["precision"] == pytest.approx(sum(r["precision"] for r in runs) / 2)
+        assert saved["precision_ci"][0] <= saved["precision"] <= saved["precision_ci"][1]
+    printed = capsys.readouterr().out
+    assert (
+        f"{rows[0]['precision']:.4f}" in printed and f"{rows[0]['precision']:.4f}" in (out / "results.md").read_text()
+    )
+    # A second run reuses every dataset and every scored run: same numbers.
+    assert evidence.main(argv) == rows
