@@ -142,7 +142,7 @@ class DistillationTrainer(trl.DistillationTrainer):
                 if names is not None and not {COMPLETION_COLUMN, COMPLETION_IDS_COLUMN} & set(names):
                     raise ValueError(
                         f"completion_source={args.completion_source!r} reads completions from a "
-                        f"'{COMPLETION_COLUMN}' (or '{COMPLETION_IDS_COLUMN}') column, but {split} has only {names}. "
+                        f"'{COMPLETION_COLUMN}' column (or '{COMPLETION_IDS_COLUMN}'), but {split} has only {names}. "
                         "Add the column (e.g. dataset.rename_column('response', 'completion')) or use another "
                         "completion_source."
                     )
