@@ -152,3 +152,11 @@ def test_errors_without_a_teacher_or_with_an_impossible_sharpening(tmp_path, tok
                      selectivity=2.0)  # fmt: skip
     with pytest.raises(ValueError, match="topk_tail='drop' is unknown"):
         DistillationConfig(str(tmp_path), topk_tail="drop", report_to="none")
+
+
+def test_dataset_columns_survive_remove_unused_columns(tmp_path, tokenizer, full_topk_dataset):
+    trainer = make_trainer(tmp_path, tokenizer, full_topk_dataset, loss_type="forward_kl",
+                           completion_source="dataset", remove_unused_columns=True)  # fmt: skip
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert {"prompt", "completion", "completion_ids", "finished", *TOPK} <= set(batch[0])
+    assert "teacher_logprob" not in batch[0]  # the other columns are still removed
