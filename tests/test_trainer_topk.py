@@ -160,3 +160,16 @@ def test_dataset_columns_survive_remove_unused_columns(tmp_path, tokenizer, full
     batch = next(iter(trainer.get_train_dataloader()))
     assert {"prompt", "completion", "completion_ids", "finished", *TOPK} <= set(batch[0])
     assert "teacher_logprob" not in batch[0]  # the other columns are still removed
+
+
+def test_target_entropy_is_solved_on_the_renormalized_topk(tmp_path, tokenizer, full_topk_dataset):
+    ds = full_topk_dataset.map(lambda r: {k: [row[:3] for row in r[k]] for k in TOPK})  # keep K = 3
+    trainer = make_trainer(tmp_path, tokenizer, ds, loss_type="forward_kl", completion_source="dataset",
+                           topk_tail="renormalize", target_entropy=0.5)  # fmt: skip
+    trainer.model.train()
+    batch = trainer._generate_and_score_completions(list(ds))
+    assert batch["topk_ids"].shape[-1] == 3
+    trainer.compute_loss(trainer.model, batch)
+    metrics = trainer._metrics["train"]
+    assert metrics["teacher_entropy_sharpened"][-1] == pytest.approx(0.5, abs=1e-3)
+    assert metrics["teacher_entropy"][-1] <= math.log(3) and metrics["selectivity"][-1] > 1
