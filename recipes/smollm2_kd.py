@@ -24,7 +24,7 @@ from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.hub import push_distilled_student
 from hf_kd.metrics import CausalLMAdapter, precision_recall
 from hf_kd.model_card import render_model_card, results_from_trainer
-from hf_kd.offline import OFFLINE_SMOLLM2, load_causal_lm
+from hf_kd.offline import OFFLINE_SMOLLM2, hub_name, load_causal_lm
 from hf_kd.reporting import format_table, plot_precision_recall
 from hf_kd.sanitize import current_command
 from hf_kd.students import init_student
@@ -159,14 +159,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             sample_kwargs=sample_kwargs,
             seed=training_args.seed,
         )
+        teacher_name = hub_name(recipe.teacher_name_or_path)
         results = results_from_trainer(
             trainer,
-            student_init=recipe.student_name_or_path or recipe.teacher_name_or_path,
+            student_init=recipe.student_name_or_path or teacher_name,
             student_init_method=STUDENT_INIT_METHODS[recipe.student_init],
-            teacher=recipe.teacher_name_or_path,
+            teacher=teacher_name,
             datasets=[recipe.dataset_name] if recipe.dataset_name else [],
             command=command,
-        ).with_precision_recall(scores, reference_model=recipe.reference_name_or_path or recipe.teacher_name_or_path)
+            model_name=f"{os.path.basename(os.path.abspath(training_args.output_dir))}-{args.run_name}",
+        ).with_precision_recall(scores, reference_model=hub_name(recipe.reference_name_or_path or teacher_name))
         card = render_model_card(results)
         card.save(os.path.join(args.output_dir, "README.md"))
         results.to_json(os.path.join(args.output_dir, "results.json"))
