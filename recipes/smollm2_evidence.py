@@ -120,9 +120,9 @@ def summarise(runs: list[dict], temperatures: list[float]) -> list[dict]:
         group = [r for r in runs if r["temperature"] == tau]
         row = {"name": f"tau = {tau:g}" + (" (direct)" if tau == 1.0 else ""), "temperature": tau}
         for key in ("precision", "recall"):
-            values = torch.tensor([r[key] for r in group], dtype=torch.float64)
-            row[key] = values.mean().item()
-            row[f"{key}_ci"] = list(mean_confidence_interval(values)) if len(group) > 1 else [row[key], row[key]]
+            mean, half_width = mean_confidence_interval(torch.tensor([r[key] for r in group], dtype=torch.float64))
+            row[key] = mean
+            row[f"{key}_ci"] = [mean - half_width, mean + half_width] if len(group) > 1 else [mean, mean]
         row.update(num_seeds=len(group), unit=group[0]["unit"])
         rows.append(row)
     return rows
