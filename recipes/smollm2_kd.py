@@ -22,7 +22,7 @@ from trl import ModelConfig, TrlParser, get_peft_config
 
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.hub import push_distilled_student
-from hf_kd.metrics import CausalLMAdapter, precision_recall
+from hf_kd.metrics import CausalLMAdapter, PrecisionRecallCallback, precision_recall
 from hf_kd.model_card import render_model_card, results_from_trainer
 from hf_kd.offline import OFFLINE_SMOLLM2, hub_name, load_causal_lm
 from hf_kd.reporting import format_table, plot_precision_recall
@@ -69,6 +69,9 @@ class RecipeArguments:
     eval_max_new_tokens: int = field(default=64)
     eval_prompt: str | None = field(default="The", metadata={"help": "Prompt of evaluation samples (paper: 'The')."})
     eval_batch_size: int = field(default=32)
+    eval_during_training_samples: int = field(
+        default=32, metadata={"help": "Student samples per evaluation during training (with an eval_strategy)."}
+    )
     push_dataset_dir: str | None = field(
         default=None, metadata={"help": "With push_to_hub: also push this teacher-sample dataset (hf-kd generate)."}
     )
@@ -86,8 +89,12 @@ def run_name(training_args: DistillationConfig, selectivity: float) -> str:
     return f"selectivity_{selectivity:g}"
 
 
-def distil(recipe, training_args, model_args, teacher, tokenizer, dataset, selectivity, device):
-    """Train one student at one selectivity; return its trainer (model, args and state)."""
+def distil(recipe, training_args, model_args, teacher, tokenizer, dataset, selectivity, device, callback=None):
+    """Train one student at one selectivity; return its trainer (model, args and state).
+
+    With an evaluation strategy, `callback` (a `PrecisionRecallCallback`) logs precision and recall at every
+    evaluation, on a few held-back prompts, to whatever `report_to` is set.
+    """
     overrides = json.loads(recipe.student_config_overrides) if recipe.student_config_overrides else None
     student = init_student(
         recipe.student_init,
@@ -105,17 +112,22 @@ def distil(recipe, training_args, model_args, teacher, tokenizer, dataset, selec
         run_name=name,
         push_to_hub=False,  # pushed below, with the evaluated card
     )
+    evaluating = args.eval_strategy != "no"
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
         args=args,
         train_dataset=dataset,
+        eval_dataset=dataset.select(range(min(len(dataset), args.per_device_eval_batch_size))) if evaluating else None,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
+    if evaluating and callback is not None:
+        callback.attach(trainer)
     trainer.train(resume_from_checkpoint=_last_checkpoint(args.output_dir))
     trainer.save_model(args.output_dir)
     tokenizer.save_pretrained(args.output_dir)
+    trainer.state.save_to_json(os.path.join(args.output_dir, "trainer_state.json"))  # the logs, incl. evaluations
     trainer.model.eval()
     return trainer
 
@@ -149,7 +161,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     selectivities = recipe.selectivities if training_args.target_entropy is None else [1.0]
     rows = []
     for selectivity in selectivities:
-        trainer = distil(recipe, training_args, model_args, teacher, tokenizer, dataset, selectivity, device)
+        callback = PrecisionRecallCallback(
+            reference_adapter,
+            reference_samples=reference_samples,
+            num_samples=recipe.eval_during_training_samples,
+            prompt=recipe.eval_prompt,
+            sample_kwargs=sample_kwargs,
+            seed=training_args.seed,
+        )
+        trainer = distil(recipe, training_args, model_args, teacher, tokenizer, dataset, selectivity, device, callback)
         args = trainer.args
         scores = precision_recall(
             CausalLMAdapter(trainer.model, tokenizer, **eval_kwargs),

@@ -85,6 +85,10 @@ def test_recipe_end_to_end_on_tiny_models(recipe, tokenizer, tmp_path, monkeypat
         "output_dir": str(tmp_path / "out"),
         "push_to_hub": True,
         "hub_model_id": "someone/tiny-kd",
+        "eval_strategy": "steps",
+        "eval_steps": 1,
+        "per_device_eval_batch_size": 2,
+        "eval_during_training_samples": 4,
     }
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -108,6 +112,11 @@ def test_recipe_end_to_end_on_tiny_models(recipe, tokenizer, tmp_path, monkeypat
         assert row["recall_ci"][0] <= row["recall"] <= row["recall_ci"][1]
         assert row["num_train_steps"] == 2
     assert (out / "precision_recall.png").stat().st_size > 1000
+    # During training, the callback logged precision and recall at every evaluation (steps 1 and 2).
+    state = json.loads((out / "selectivity_4" / "trainer_state.json").read_text())
+    logged = [e for e in state["log_history"] if "eval_precision" in e]
+    assert [e["step"] for e in logged] == [1, 2]
+    assert all(e["eval_recall_ci_half_width"] > 0 for e in logged)
     card = ModelCard.load(out / "selectivity_4" / "README.md")
     metrics = {m.metric_type: m.metric_value for m in card.data.eval_results}
     assert metrics["kd_precision"] == pytest.approx(summary["rows"][1]["precision"])
