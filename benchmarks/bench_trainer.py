@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from memory import PeakMemory  # benchmarks/ is on sys.path (script or run_all.py)
+from memory import PeakMemory, fix_mmap_threshold  # benchmarks/ is on sys.path (script or run_all.py)
 from report import row
 
 RESULTS = Path(__file__).parent / "results"
@@ -42,6 +42,7 @@ def _load(model_dir: str):
 
 
 def _worker(kind: str, steps: int, model_dir: str, queue) -> None:
+    fix_mmap_threshold()  # RSS then tracks live tensors, not glibc heap fragmentation (same for both trainers)
     import torch
     import trl
     from datasets import Dataset

@@ -18,6 +18,7 @@ from .topk import chunked_topk_distillation_loss, topk_teacher_log_probs
 __all__ = ["DistillationTrainer"]
 
 COMPLETION_COLUMN = "completion"
+_TEACHER_STATS = ("teacher_entropy", "teacher_entropy_sharpened", "selectivity")
 # Written by hf_kd.generation: the sampled ids (used as they are), whether the teacher stopped, its stored top-k.
 COMPLETION_IDS_COLUMN, FINISHED_COLUMN = "completion_ids", "finished"
 TOPK_COLUMNS = ("topk_ids", "topk_logprobs")
@@ -278,7 +279,7 @@ class DistillationTrainer(trl.DistillationTrainer):
             mode = "train" if self.model.training else "eval"
             totals = self.accelerator.gather_for_metrics(stats.reshape(1, -1)).reshape(-1, stats.numel()).sum(0)
             count = totals[0].clamp_min(1)
-            for name, value in zip(("teacher_entropy", "teacher_entropy_sharpened", "selectivity"), totals[1:]):
+            for name, value in zip(_TEACHER_STATS, totals[1:]):
                 self._metrics[mode][name].append((value / count).item())
         return result
 
@@ -303,10 +304,12 @@ class DistillationTrainer(trl.DistillationTrainer):
             student_bias=student_head.bias,
             chunk_size=args.loss_chunk_size,
         )
+        stats = {}  # summed entropies, filled by the loss from the log-probs it computes anyway
         if args.loss_type == "nll":
             labels = inputs["completion_ids"][valid].to(h_s.device)
-            loss = chunked_distillation_loss(h_s, student_head.weight, loss_type="nll", labels=labels, **common)
-            teacher = None
+            loss = chunked_distillation_loss(
+                h_s, student_head.weight, loss_type="nll", labels=labels, stats=stats, **common
+            )
         elif TOPK_COLUMNS[0] in inputs:  # the dataset's stored teacher top-k replaces the live teacher
             top_ids, top_lp = (inputs[c].to(h_s.device)[valid.to(h_s.device)] for c in TOPK_COLUMNS)
             beta = self._topk_selectivity(top_lp)
@@ -315,8 +318,7 @@ class DistillationTrainer(trl.DistillationTrainer):
                 selectivity=beta, **common,
             )  # fmt: skip
             self._stash_topk_stats(top_lp, beta)
-            entropy_sum = self._entropy_sums(h_s.detach(), student_head.weight, student_head.bias, None)
-            return loss, entropy_sum, valid.sum()
+            return loss, self._student_entropy_sum(h_s.detach(), student_head.weight, student_head.bias), valid.sum()
         else:
             unwrapped_teacher = self.accelerator.unwrap_model(self.teacher_model)
             self.teacher_model.eval()
@@ -341,11 +343,13 @@ class DistillationTrainer(trl.DistillationTrainer):
                 loss_type=args.loss_type,
                 selectivity=beta,
                 teacher_bias=teacher_head.bias,
+                stats=stats,
                 **common,
             )
-            teacher = (h_t, teacher_head.weight, teacher_head.bias, beta)
-        entropy_sum = self._entropy_sums(h_s.detach(), student_head.weight, student_head.bias, teacher)
-        return loss, entropy_sum, valid.sum()
+            self._pending_stats = torch.stack(
+                [stats.get(k, h_s.new_zeros(())).float() for k in ("num_tokens", *_TEACHER_STATS)]
+            )
+        return loss, stats.get("student_entropy", h_s.new_zeros(())).float(), valid.sum()
 
     def _chunks(self, n: int, cap: int | None = None):
         size = self.args.loss_chunk_size
@@ -353,6 +357,14 @@ class DistillationTrainer(trl.DistillationTrainer):
             size = max(1, LOGITS_PER_CHUNK // self.model.config.get_text_config().vocab_size)
         size = min(size, cap or n or 1)
         return [slice(i, i + size) for i in range(0, n, size)]
+
+    @torch.no_grad()
+    def _student_entropy_sum(self, h_s, weight, bias) -> torch.Tensor:
+        """Sum of the student's token entropy (the top-k path, whose loss does not report it), in small chunks."""
+        total = h_s.new_zeros((), dtype=torch.float32)
+        for sl in self._chunks(h_s.shape[0], cap=64):
+            total += token_entropy(torch.nn.functional.linear(h_s[sl], weight, bias).float() / self.temperature).sum()
+        return total
 
     @torch.no_grad()
     def _topk_selectivity(self, top_lp) -> float | torch.Tensor:
@@ -393,24 +405,3 @@ class DistillationTrainer(trl.DistillationTrainer):
         # One beta for the batch couples every token: this needs the (N, V) teacher logits of the scored tokens.
         logits = torch.nn.functional.linear(h_t, weight, bias).float()
         return solve_selectivity(logits, args.target_entropy).item()
-
-    @torch.no_grad()
-    def _entropy_sums(self, h_s, student_weight, student_bias, teacher) -> torch.Tensor:
-        """Sum of the student's token entropy; stashes (count, teacher entropy, sharpened entropy, beta) sums."""
-        student_sum = h_s.new_zeros((), dtype=torch.float32)
-        t_sums = torch.zeros(3, device=h_s.device)
-        # Metrics only: small chunks keep their few (chunk, V) float32 temporaries far below the loss's footprint.
-        for sl in self._chunks(h_s.shape[0], cap=64):
-            z_s = torch.nn.functional.linear(h_s[sl], student_weight, student_bias).float()
-            student_sum += token_entropy(z_s / self.temperature).sum()
-            if teacher is not None:
-                h_t, weight, bias, beta = teacher
-                z_t = torch.nn.functional.linear(h_t[sl], weight, bias).float()
-                b = beta[sl].float() if isinstance(beta, torch.Tensor) else torch.full((z_t.shape[0],), float(beta))
-                b = b.to(z_t.device)
-                ent = token_entropy(z_t)
-                sharp = ent if bool((b == 1).all()) else token_entropy(z_t * b[:, None])
-                t_sums += torch.stack([ent.sum(), sharp.sum(), b.sum()])
-        if teacher is not None:
-            self._pending_stats = torch.cat([torch.tensor([float(h_s.shape[0])], device=h_s.device), t_sums])
-        return student_sum

@@ -35,14 +35,19 @@ LOSS_TYPES = ("nll", "forward_kl", "reverse_kl", "generalized_jsd", "skew_forwar
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """``sum_v p_v (log p_v - log q_v)`` over the last dim, with ``0 log 0 = 0``."""
-    p = log_p.exp()
-    return (p * torch.where(p > 0, log_p - log_q, torch.zeros_like(log_p))).sum(-1)
+    """``sum_v p_v (log p_v - log q_v)`` over the last dim, with ``0 log 0 = 0`` (the only source of NaN here)."""
+    terms = log_p.exp() * (log_p - log_q)
+    return terms.nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf).sum(-1)
 
 
 def _log_mix(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float) -> torch.Tensor:
-    """``log(weight_p * p + (1 - weight_p) * q)``."""
-    return torch.logaddexp(log_p + math.log(weight_p), log_q + math.log1p(-weight_p))
+    """``log(weight_p * p + (1 - weight_p) * q)``, with the mixture floored at the dtype's smallest normal number.
+
+    The floor only touches entries where both probabilities underflow; their terms in the divergences and gradients
+    carry a factor ``p`` or ``q`` that is zero there. One fused ``lerp`` is much cheaper than ``logaddexp``.
+    """
+    mix = torch.lerp(log_q.exp(), log_p.exp(), weight_p)
+    return mix.clamp_min_(torch.finfo(mix.dtype).tiny).log_()
 
 
 def token_divergence(
@@ -109,6 +114,18 @@ def _check_vocab(student_vocab: int, teacher_vocab: int) -> None:
         )
 
 
+def _log_probs(student_logits, teacher_logits, selectivity, temperature):
+    """``(log q, log p)``: the student at `temperature`, the teacher sharpened by `selectivity` (None if absent)."""
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    log_q = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    if teacher_logits is None:
+        return log_q, None
+    beta = selectivity
+    if isinstance(beta, torch.Tensor) and beta.dim() > 0:
+        beta = beta.to(dtype).unsqueeze(-1)
+    return log_q, torch.log_softmax(teacher_logits.detach().to(dtype) * beta, dim=-1)
+
+
 def _per_token_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor | None,
@@ -120,16 +137,20 @@ def _per_token_loss(
     skew_alpha: float,
 ) -> torch.Tensor:
     """Loss at every position, computed in float32 (or float64 if given): `(..., V)` logits -> `(...)`."""
-    dtype = torch.promote_types(student_logits.dtype, torch.float32)
-    log_q = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    log_q, log_p = _log_probs(student_logits, None if loss_type == "nll" else teacher_logits, selectivity, temperature)
+    return _loss_from_log_probs(log_q, log_p, labels, loss_type, jsd_beta, skew_alpha)
+
+
+def _loss_from_log_probs(log_q, log_p, labels, loss_type, jsd_beta, skew_alpha) -> torch.Tensor:
     if loss_type == "nll":
         safe = labels.clamp_min(0)  # ignored positions (e.g. -100) are masked out by the caller
         return -log_q.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    beta = selectivity
-    if isinstance(beta, torch.Tensor) and beta.dim() > 0:
-        beta = beta.to(dtype).unsqueeze(-1)
-    log_p = torch.log_softmax(teacher_logits.detach().to(dtype) * beta, dim=-1)
     return token_divergence(log_q, log_p, loss_type, jsd_beta=jsd_beta, skew_alpha=skew_alpha)
+
+
+def _entropy(log_p: torch.Tensor) -> torch.Tensor:
+    """``-sum_v p_v log p_v`` over the last dim of normalised log-probabilities, with ``0 log 0 = 0``."""
+    return torch.special.entr(log_p.exp()).sum(-1)
 
 
 def _reduce(total: torch.Tensor, count: torch.Tensor, num_items_in_batch) -> torch.Tensor:
@@ -194,7 +215,7 @@ def distillation_loss(
     return _reduce(total, mask.sum(), num_items_in_batch)
 
 
-def _loss_and_logit_grad(
+def _logit_grad(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor | None,
     labels: torch.Tensor | None,
@@ -203,8 +224,8 @@ def _loss_and_logit_grad(
     temperature: float,
     jsd_beta: float,
     skew_alpha: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token loss `(n,)` and its exact gradient with respect to the student logits `(n, V)`.
+) -> torch.Tensor:
+    """Exact gradient of the per-token loss with respect to the student logits `(n, V)` (the loss is not formed).
 
     With ``q = softmax(z / T)`` and ``g = dL/dq`` (up to a per-token constant, which cancels), the chain rule through
     the softmax gives ``dL/dz = q * (g - sum_v q_v g_v) / T``. Per loss:
@@ -215,23 +236,15 @@ def _loss_and_logit_grad(
     - generalized JSD (weight l): ``g = (1 - l) (log q - log m)``, ``m = l p + (1 - l) q``;
     - TVD: ``g = sign(q - p) / 2``.
     """
-    per_token = _per_token_loss(
-        student_logits, teacher_logits, labels, selectivity, loss_type, temperature, jsd_beta, skew_alpha
-    )
-    dtype = per_token.dtype
-    log_q = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    log_q, log_p = _log_probs(student_logits, None if loss_type == "nll" else teacher_logits, selectivity, temperature)
     q = log_q.exp()
     if loss_type == "nll":
         q[torch.arange(q.shape[0], device=q.device), labels] -= 1.0
-        return per_token, q.div_(temperature)
-    beta = selectivity
-    if isinstance(beta, torch.Tensor) and beta.dim() > 0:
-        beta = beta.to(dtype).unsqueeze(-1)
-    log_p = torch.log_softmax(teacher_logits.to(dtype) * beta, dim=-1)
+        return q.div_(temperature)
     if loss_type == "forward_kl" or (loss_type == "generalized_jsd" and jsd_beta == 0):
-        return per_token, (q - log_p.exp()).div_(temperature)
+        return (q - log_p.exp()).div_(temperature)
     if loss_type == "skew_forward_kl" and skew_alpha == 0:
-        return per_token, (q - log_p.exp()).div_(temperature)
+        return (q - log_p.exp()).div_(temperature)
     if loss_type == "reverse_kl" or (loss_type == "generalized_jsd" and jsd_beta == 1):
         g = log_q - log_p
     elif loss_type == "generalized_jsd":
@@ -244,54 +257,79 @@ def _loss_and_logit_grad(
     else:  # tvd
         g = torch.sign(q - log_p.exp()).mul_(0.5)
     g.sub_((q * g).sum(-1, keepdim=True))
-    return per_token, g.mul_(q).div_(temperature)
+    return g.mul_(q).div_(temperature)
 
 
 class _ChunkedLinearLoss(torch.autograd.Function):
-    """Summed loss over token chunks of ``h @ W.T + b``; gradients are computed in forward, chunk by chunk.
+    """Summed loss over token chunks of ``h @ W.T + b``, with closed-form logit gradients recomputed in backward.
 
-    Nothing of size `(n, V)` outlives a chunk and no autograd graph is built over the logits, so the extra memory is
-    a few `(chunk, V)` float32 buffers plus the `(V, H)` weight gradient (the approach of fused linear
-    cross-entropy kernels, here for every divergence of this module).
+    Forward keeps only the inputs; backward recomputes each chunk's logits and forms ``dL/dz`` in closed form, so
+    nothing of size `(n, V)` outlives a chunk, no autograd graph is built over the logits, and no gradient buffer is
+    held between forward and backward: the extra memory is a few `(chunk, V)` float32 buffers (plus, in backward,
+    the `(V, H)` weight gradient the optimizer needs anyway). The price is one more logits matmul per chunk.
     """
 
     @staticmethod
-    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, labels, beta, chunk_size, kwargs):
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_h = torch.zeros_like(h_s) if need_h else None
-        grad_w = torch.zeros_like(w_s, dtype=torch.promote_types(w_s.dtype, torch.float32)) if need_w else None
-        grad_b = torch.zeros_like(b_s, dtype=grad_w.dtype if need_w else torch.float32) if need_b else None
+    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, labels, beta, chunk_size, kwargs, stats):
         total = h_s.new_zeros((), dtype=torch.promote_types(h_s.dtype, torch.float32))
-        per_token_beta = isinstance(beta, torch.Tensor) and beta.dim() > 0
-        for start in range(0, h_s.shape[0], chunk_size):
-            sl = slice(start, start + chunk_size)
-            z_s = torch.nn.functional.linear(h_s[sl], w_s, b_s)
-            z_t = None if h_t is None else torch.nn.functional.linear(h_t[sl], w_t, b_t)
-            per_token, dz = _loss_and_logit_grad(
-                z_s,
-                z_t,
-                None if labels is None else labels[sl],
-                beta[sl] if per_token_beta else beta,
-                **kwargs,
-            )
-            total += per_token.sum()
-            del z_s, z_t
-            if need_h:
-                grad_h[sl] = (dz @ w_s.to(dz.dtype)).to(h_s.dtype)
-            if need_w:
-                grad_w.addmm_(dz.T, h_s[sl].to(dz.dtype))
-            if need_b:
-                grad_b += dz.sum(0)
-        ctx.save_for_backward(grad_h, grad_w, grad_b)
-        ctx.weight_dtype = w_s.dtype
+        loss_type, temperature = kwargs["loss_type"], kwargs["temperature"]
+        for _, z_s, z_t, chunk_labels, chunk_beta in _chunks(h_s, w_s, b_s, h_t, w_t, b_t, labels, beta, chunk_size):
+            log_q, log_p = _log_probs(z_s, z_t, chunk_beta, temperature)
+            total += _loss_from_log_probs(
+                log_q, log_p, chunk_labels, loss_type, kwargs["jsd_beta"], kwargs["skew_alpha"]
+            ).sum()
+            if stats is not None:  # logging only: the log-probs are at hand, so the entropies cost one pass each
+                _add_entropy_stats(stats, log_q, log_p, z_t, chunk_beta)
+        ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t, labels, beta if isinstance(beta, torch.Tensor) else None)
+        ctx.beta, ctx.chunk_size, ctx.kwargs = beta, chunk_size, kwargs
         return total
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_h, grad_w, grad_b = ctx.saved_tensors
-        grads = [None if g is None else (g * grad_output.to(g.dtype)) for g in (grad_h, grad_w, grad_b)]
-        grads[1:] = [None if g is None else g.to(ctx.weight_dtype) for g in grads[1:]]
-        return (*grads, None, None, None, None, None, None, None)
+        h_s, w_s, b_s, h_t, w_t, b_t, labels, beta_tensor = ctx.saved_tensors
+        beta = beta_tensor if beta_tensor is not None else ctx.beta
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        dtype = torch.promote_types(h_s.dtype, torch.float32)
+        grad_h = torch.empty_like(h_s) if need_h else None
+        grad_w = torch.zeros(w_s.shape, dtype=dtype, device=w_s.device) if need_w else None
+        grad_b = torch.zeros(b_s.shape, dtype=dtype, device=b_s.device) if need_b else None
+        chunks = _chunks(h_s, w_s, b_s, h_t, w_t, b_t, labels, beta, ctx.chunk_size)
+        for sl, z_s, z_t, chunk_labels, chunk_beta in chunks:
+            dz = _logit_grad(z_s, z_t, chunk_labels, chunk_beta, **ctx.kwargs)
+            dz.mul_(grad_output.to(dz.dtype))
+            if need_h:
+                grad_h[sl] = (dz @ w_s.to(dtype)).to(h_s.dtype)
+            if need_w:
+                grad_w.addmm_(dz.T, h_s[sl].to(dtype))
+            if need_b:
+                grad_b += dz.sum(0)
+        grad_w = None if grad_w is None else grad_w.to(w_s.dtype)
+        grad_b = None if grad_b is None else grad_b.to(b_s.dtype)
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None
+
+
+def _add_entropy_stats(stats: dict, log_q, log_p, z_t, beta) -> None:
+    """Accumulate token counts and summed entropies (student; teacher before and after sharpening; beta) as tensors."""
+    n = log_q.shape[0]
+    add = {"num_tokens": log_q.new_tensor(float(n)), "student_entropy": _entropy(log_q).sum()}
+    if log_p is not None:
+        add["teacher_entropy_sharpened"] = _entropy(log_p).sum()
+        unit = not isinstance(beta, torch.Tensor) and beta == 1
+        raw = log_p if unit else torch.log_softmax(z_t.to(log_p.dtype), dim=-1)
+        add["teacher_entropy"] = add["teacher_entropy_sharpened"] if unit else _entropy(raw).sum()
+        add["selectivity"] = beta.sum() if isinstance(beta, torch.Tensor) else log_q.new_tensor(float(beta) * n)
+    for key, value in add.items():
+        stats[key] = stats.get(key, 0) + value.detach()
+
+
+def _chunks(h_s, w_s, b_s, h_t, w_t, b_t, labels, beta, chunk_size):
+    """Yield ``(slice, student logits, teacher logits, labels, selectivity)`` for each chunk of tokens."""
+    per_token_beta = isinstance(beta, torch.Tensor) and beta.dim() > 0
+    for start in range(0, h_s.shape[0], chunk_size):
+        sl = slice(start, start + chunk_size)
+        z_s = torch.nn.functional.linear(h_s[sl], w_s, b_s)
+        z_t = None if h_t is None else torch.nn.functional.linear(h_t[sl], w_t, b_t)
+        yield sl, z_s, z_t, None if labels is None else labels[sl], beta[sl] if per_token_beta else beta
 
 
 def chunked_distillation_loss(
@@ -311,13 +349,13 @@ def chunked_distillation_loss(
     student_bias: torch.Tensor | None = None,
     teacher_bias: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    stats: dict | None = None,
 ) -> torch.Tensor:
     """`distillation_loss` on the logits ``h @ W.T + b``, without materialising `(..., V)` logits.
 
-    Only the masked positions are scored. They are processed in chunks of `chunk_size` tokens, and each chunk's
-    gradient is computed in closed form during the forward pass (see `_loss_and_logit_grad`), so the extra memory is
-    ``O(chunk_size * V)`` plus the gradient of the student's lm_head weight, on every device. The teacher gets no
-    gradient. Call `backward` at most once on the result (its gradients are stored, not recomputed).
+    Only the masked positions are scored. They are processed in chunks of `chunk_size` tokens; backward recomputes
+    each chunk's logits and forms their gradient in closed form (see `_logit_grad`), so the extra memory is
+    ``O(chunk_size * V)`` on every device. The teacher gets no gradient.
 
     Args:
         student_hidden (`torch.Tensor` of shape `(..., H)`): the student's last hidden states at the scored positions.
@@ -325,6 +363,9 @@ def chunked_distillation_loss(
         teacher_hidden (`torch.Tensor` of shape `(..., H_t)`, *optional*): the teacher's last hidden states.
         teacher_weight (`torch.Tensor` of shape `(V, H_t)`, *optional*): the teacher's lm_head weight.
         student_bias, teacher_bias (`torch.Tensor` of shape `(V,)`, *optional*): lm_head biases.
+        stats (`dict`, *optional*): if given, receives summed token entropies for logging (keys ``num_tokens``,
+            ``student_entropy`` and, with a teacher, ``teacher_entropy``, ``teacher_entropy_sharpened``,
+            ``selectivity``), taken from the log-probabilities the loss computes anyway.
         chunk_size (`int`, *optional*): tokens per chunk; by default about ``2**22`` logits (16 MB in float32) a chunk.
         loss_type, labels, mask, selectivity, temperature, jsd_beta, skew_alpha, num_items_in_batch: as in
             `distillation_loss`.
@@ -368,6 +409,6 @@ def chunked_distillation_loss(
 
     total = _ChunkedLinearLoss.apply(
         hidden_s, student_weight, student_bias, hidden_t, teacher_weight, teacher_bias, flat_labels, beta, chunk_size,
-        kwargs,
+        kwargs, stats,
     )  # fmt: skip
     return _reduce(total, count, num_items_in_batch)

@@ -167,3 +167,18 @@ def test_errors_name_the_problem():
         distillation_loss(zs, loss_type="nll")
     with pytest.raises(ValueError, match="needs the teacher"):
         distillation_loss(zs, loss_type="reverse_kl")
+
+
+def test_chunked_loss_reports_entropies_for_logging():
+    from hf_kd.sharpening import token_entropy
+
+    hs, ws, ht, wt, labels, mask = _chunked_case(50)
+    stats = {}
+    chunked_distillation_loss(hs, ws, ht, wt, loss_type="reverse_kl", mask=mask, selectivity=3.0, temperature=2.0,
+                              chunk_size=5, stats=stats)  # fmt: skip
+    z_s, z_t = (hs @ ws.T)[mask].detach(), (ht @ wt.T)[mask]
+    assert stats["num_tokens"].item() == mask.sum().item()
+    torch.testing.assert_close(stats["student_entropy"], token_entropy(z_s / 2.0).sum())
+    torch.testing.assert_close(stats["teacher_entropy"], token_entropy(z_t).sum())
+    torch.testing.assert_close(stats["teacher_entropy_sharpened"], token_entropy(3.0 * z_t).sum())
+    assert stats["selectivity"].item() == pytest.approx(3.0 * mask.sum().item())
