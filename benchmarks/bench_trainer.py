@@ -127,7 +127,7 @@ def run(quick: bool = False, model_dir: str | None = None) -> dict:
     from hf_kd.offline import smollm2_135m_instruct  # honours $HF_KD_SMOLLM2_DIR
 
     model_dir = str(smollm2_135m_instruct(model_dir))
-    steps, rounds = (4, 1) if quick else (8, 2)  # the first step of each run is a warm-up and is not timed
+    steps, rounds = (7, 1) if quick else (8, 2)  # the first step of each run is a warm-up and is not timed
     runs = {"trl": [], "hf_kd": []}
     for _ in range(rounds):
         for kind in ("trl", "hf_kd"):
@@ -196,7 +196,7 @@ def headline(result: dict) -> list[dict]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one run of 4 steps per trainer (a few minutes)")
+    parser.add_argument("--quick", action="store_true", help="one run of 7 steps per trainer (a few minutes)")
     parser.add_argument("--model-dir", default=None, help="default: hf_kd.offline.smollm2_135m_instruct()")
     cli = parser.parse_args()
     run(quick=cli.quick, model_dir=cli.model_dir)
