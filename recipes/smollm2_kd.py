@@ -23,7 +23,7 @@ from trl import ModelConfig, TrlParser, get_peft_config
 from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.hub import push_distilled_student
 from hf_kd.metrics import CausalLMAdapter, PrecisionRecallCallback, precision_recall
-from hf_kd.model_card import render_model_card, results_from_trainer
+from hf_kd.model_card import DistillationResults, render_model_card, results_from_trainer
 from hf_kd.offline import OFFLINE_SMOLLM2, hub_name, load_causal_lm
 from hf_kd.reporting import format_table, plot_precision_recall
 from hf_kd.sanitize import current_command
@@ -161,43 +161,49 @@ def main(argv: list[str] | None = None) -> list[dict]:
     selectivities = recipe.selectivities if training_args.target_entropy is None else [1.0]
     rows = []
     for selectivity in selectivities:
-        callback = PrecisionRecallCallback(
-            reference_adapter,
-            reference_samples=reference_samples,
-            num_samples=recipe.eval_during_training_samples,
-            prompt=recipe.eval_prompt,
-            sample_kwargs=sample_kwargs,
-            seed=training_args.seed,
-        )
-        trainer = distil(recipe, training_args, model_args, teacher, tokenizer, dataset, selectivity, device, callback)
-        args = trainer.args
-        scores = precision_recall(
-            CausalLMAdapter(trainer.model, tokenizer, **eval_kwargs),
-            reference_adapter,
-            num_samples=recipe.eval_num_samples,
-            reference_samples=reference_samples,
-            sample_kwargs=sample_kwargs,
-            seed=training_args.seed,
-        )
-        teacher_name = hub_name(recipe.teacher_name_or_path)
-        results = results_from_trainer(
-            trainer,
-            student_init=recipe.student_name_or_path or teacher_name,
-            student_init_method=STUDENT_INIT_METHODS[recipe.student_init],
-            teacher=teacher_name,
-            datasets=[recipe.dataset_name] if recipe.dataset_name else [],
-            command=command,
-            model_name=f"{os.path.basename(os.path.abspath(training_args.output_dir))}-{args.run_name}",
-        ).with_precision_recall(scores, reference_model=hub_name(recipe.reference_name_or_path or teacher_name))
-        card = render_model_card(results)
-        card.save(os.path.join(args.output_dir, "README.md"))
-        results.to_json(os.path.join(args.output_dir, "results.json"))
+        name = run_name(training_args, selectivity)
+        run_dir = os.path.join(training_args.output_dir, name)
+        done = os.path.join(run_dir, "results.json")
+        if os.path.exists(done):  # finished and evaluated in an earlier (interrupted) invocation: reuse it
+            results = DistillationResults.from_json(done)
+            print(f"{name}: reusing {done}")
+        else:
+            callback = PrecisionRecallCallback(
+                reference_adapter,
+                reference_samples=reference_samples,
+                num_samples=recipe.eval_during_training_samples,
+                prompt=recipe.eval_prompt,
+                sample_kwargs=sample_kwargs,
+                seed=training_args.seed,
+            )
+            trainer = distil(
+                recipe, training_args, model_args, teacher, tokenizer, dataset, selectivity, device, callback
+            )
+            scores = precision_recall(
+                CausalLMAdapter(trainer.model, tokenizer, **eval_kwargs),
+                reference_adapter,
+                num_samples=recipe.eval_num_samples,
+                reference_samples=reference_samples,
+                sample_kwargs=sample_kwargs,
+                seed=training_args.seed,
+            )
+            teacher_name = hub_name(recipe.teacher_name_or_path)
+            results = results_from_trainer(
+                trainer,
+                student_init=recipe.student_name_or_path or teacher_name,
+                student_init_method=STUDENT_INIT_METHODS[recipe.student_init],
+                teacher=teacher_name,
+                datasets=[recipe.dataset_name] if recipe.dataset_name else [],
+                command=command,
+                model_name=f"{os.path.basename(os.path.abspath(training_args.output_dir))}-{name}",
+            ).with_precision_recall(scores, reference_model=hub_name(recipe.reference_name_or_path or teacher_name))
+            render_model_card(results).save(os.path.join(run_dir, "README.md"))
+            results.to_json(done)  # written last: its presence marks the run as complete
         if training_args.push_to_hub:
             repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
-            push_distilled_student(
-                args.output_dir, f"{repo_id}-{args.run_name}", card, dataset_dir=recipe.push_dataset_dir
-            )
-        rows.append({"name": args.run_name, **results.to_dict()})
+            card = render_model_card(results)
+            push_distilled_student(run_dir, f"{repo_id}-{name}", card, dataset_dir=recipe.push_dataset_dir)
+        rows.append({"name": name, **results.to_dict()})
 
     print(format_table(rows, label="run"))
     with open(os.path.join(training_args.output_dir, "results.json"), "w") as f:

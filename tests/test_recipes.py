@@ -127,6 +127,15 @@ def test_recipe_end_to_end_on_tiny_models(recipe, tokenizer, tmp_path, monkeypat
     assert {"config.json", "model.safetensors", "README.md"} <= set(files)
     assert str(tmp_path) not in files["README.md"].decode()
 
+    # Interrupted sweeps resume: a finished student is reused, not retrained (its weights are untouched).
+    weights = out / "selectivity_1" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    (out / "selectivity_4" / "results.json").unlink()  # as if the run had stopped before evaluating it
+    rerun = recipe.main(["--config", str(config_path)])
+    assert weights.stat().st_mtime_ns == stamp
+    assert rerun[0]["precision"] == rows[0]["precision"] and rerun[0]["recall"] == rows[0]["recall"]
+    assert (out / "selectivity_4" / "results.json").exists()
+
 
 def test_evidence_recipe_end_to_end_and_resume(tokenizer, tmp_path, capsys):
     evidence = load_recipe("smollm2_evidence")
