@@ -12,7 +12,7 @@ from transformers import PreTrainedModel
 from .completions import dataset_completion_ids, draw_source, sample_completions, tokenize_completions
 from .distillation_config import DistillationConfig
 from .losses import LOGITS_PER_CHUNK, chunked_distillation_loss
-from .sharpening import solve_selectivity, token_entropy
+from .sharpening import entropy_from_log_probs, solve_selectivity, token_entropy
 from .topk import chunked_topk_distillation_loss, topk_teacher_log_probs
 
 __all__ = ["DistillationTrainer"]
@@ -386,7 +386,7 @@ class DistillationTrainer(trl.DistillationTrainer):
             entropies = []
             for sharpen in (False, True):
                 log_p = topk_teacher_log_probs(top_lp[sl], self.args.topk_tail, b[sl] if sharpen else 1.0)
-                entropies.append(-(log_p.exp() * log_p).nan_to_num().sum(-1).sum())  # 0 log 0 = 0 on an empty tail
+                entropies.append(entropy_from_log_probs(log_p).sum())  # 0 log 0 = 0 on an empty tail
             sums += torch.stack([*entropies, b[sl].sum()])
         self._pending_stats = torch.cat([torch.tensor([float(n)], device=top_lp.device), sums])
 

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .sharpening import _check_finite, check_selectivity
+from .sharpening import _check_finite, check_selectivity, entropy_from_log_probs
 
 __all__ = ["LOSS_TYPES", "chunked_distillation_loss", "distillation_loss", "token_divergence"]
 
@@ -146,11 +146,6 @@ def _loss_from_log_probs(log_q, log_p, labels, loss_type, jsd_beta, skew_alpha) 
         safe = labels.clamp_min(0)  # ignored positions (e.g. -100) are masked out by the caller
         return -log_q.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
     return token_divergence(log_q, log_p, loss_type, jsd_beta=jsd_beta, skew_alpha=skew_alpha)
-
-
-def _entropy(log_p: torch.Tensor) -> torch.Tensor:
-    """``-sum_v p_v log p_v`` over the last dim of normalised log-probabilities, with ``0 log 0 = 0``."""
-    return torch.special.entr(log_p.exp()).sum(-1)
 
 
 def _reduce(total: torch.Tensor, count: torch.Tensor, num_items_in_batch) -> torch.Tensor:
@@ -311,12 +306,12 @@ class _ChunkedLinearLoss(torch.autograd.Function):
 def _add_entropy_stats(stats: dict, log_q, log_p, z_t, beta) -> None:
     """Accumulate token counts and summed entropies (student; teacher before and after sharpening; beta) as tensors."""
     n = log_q.shape[0]
-    add = {"num_tokens": log_q.new_tensor(float(n)), "student_entropy": _entropy(log_q).sum()}
+    add = {"num_tokens": log_q.new_tensor(float(n)), "student_entropy": entropy_from_log_probs(log_q).sum()}
     if log_p is not None:
-        add["teacher_entropy_sharpened"] = _entropy(log_p).sum()
+        add["teacher_entropy_sharpened"] = entropy_from_log_probs(log_p).sum()
         unit = not isinstance(beta, torch.Tensor) and beta == 1
         raw = log_p if unit else torch.log_softmax(z_t.to(log_p.dtype), dim=-1)
-        add["teacher_entropy"] = add["teacher_entropy_sharpened"] if unit else _entropy(raw).sum()
+        add["teacher_entropy"] = add["teacher_entropy_sharpened"] if unit else entropy_from_log_probs(raw).sum()
         add["selectivity"] = beta.sum() if isinstance(beta, torch.Tensor) else log_q.new_tensor(float(beta) * n)
     for key, value in add.items():
         stats[key] = stats.get(key, 0) + value.detach()

@@ -13,6 +13,7 @@ import torch
 
 __all__ = [
     "check_selectivity",
+    "entropy_from_log_probs",
     "sharpen_logits",
     "sharpen_weights",
     "solve_selectivity",
@@ -90,6 +91,18 @@ def sharpen_weights(weights: torch.Tensor, selectivity: float = 1.0, log_space: 
     return out if log_space else out.exp()
 
 
+def entropy_from_log_probs(log_p: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of normalised log-probabilities: ``H = -sum_v p_v log p_v`` with ``0 log 0 = 0``.
+
+    Args:
+        log_p (`torch.Tensor` of shape `(..., V)`): log-probabilities (``-inf`` allowed for zero mass).
+
+    Returns:
+        `torch.Tensor` of shape `(...)`.
+    """
+    return torch.special.entr(log_p.exp()).sum(-1)
+
+
 def token_entropy(logits: torch.Tensor, mask: torch.Tensor | None = None, reduce: bool = False) -> torch.Tensor:
     """Entropy in nats of ``softmax(logits)`` at each position: ``H = -sum_v p_v log p_v``.
 
@@ -101,10 +114,7 @@ def token_entropy(logits: torch.Tensor, mask: torch.Tensor | None = None, reduce
     Returns:
         `torch.Tensor` of shape `(...)`, or a scalar when `reduce`.
     """
-    log_p = torch.log_softmax(logits.float(), dim=-1)
-    p = log_p.exp()
-    # 0 * log 0 = 0 (p underflows to 0 where log_p is -inf).
-    ent = -(p * torch.where(p > 0, log_p, torch.zeros_like(log_p))).sum(dim=-1)
+    ent = entropy_from_log_probs(torch.log_softmax(logits.float(), dim=-1))
     if not reduce:
         return ent
     if mask is None:
