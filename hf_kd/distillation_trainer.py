@@ -11,7 +11,7 @@ from transformers import PreTrainedModel
 
 from .completions import dataset_completion_ids, draw_source, sample_completions, tokenize_completions
 from .distillation_config import DistillationConfig
-from .losses import LOGITS_PER_CHUNK, chunked_distillation_loss
+from .losses import chunked_distillation_loss, default_chunk_size
 from .sharpening import entropy_from_log_probs, solve_selectivity, token_entropy
 from .topk import chunked_topk_distillation_loss, topk_teacher_log_probs
 
@@ -354,7 +354,7 @@ class DistillationTrainer(trl.DistillationTrainer):
     def _chunks(self, n: int, cap: int | None = None):
         size = self.args.loss_chunk_size
         if size is None:  # the automatic size of hf_kd.losses
-            size = max(1, LOGITS_PER_CHUNK // self.model.config.get_text_config().vocab_size)
+            size = default_chunk_size(self.model.config.get_text_config().vocab_size)
         size = min(size, cap or n or 1)
         return [slice(i, i + size) for i in range(0, n, size)]
 

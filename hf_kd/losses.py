@@ -31,6 +31,12 @@ __all__ = ["LOSS_TYPES", "chunked_distillation_loss", "distillation_loss", "toke
 
 LOGITS_PER_CHUNK = 2**22
 
+
+def default_chunk_size(vocab_size: int) -> int:
+    """Tokens per chunk so that a chunk holds about `LOGITS_PER_CHUNK` logits (16 MB in float32)."""
+    return max(1, LOGITS_PER_CHUNK // vocab_size)
+
+
 LOSS_TYPES = ("nll", "forward_kl", "reverse_kl", "generalized_jsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
 
 
@@ -370,7 +376,7 @@ def chunked_distillation_loss(
     """
     _check_arguments(loss_type, labels, teacher_hidden, jsd_beta, skew_alpha, temperature)
     if chunk_size is None:
-        chunk_size = max(1, LOGITS_PER_CHUNK // student_weight.shape[0])
+        chunk_size = default_chunk_size(student_weight.shape[0])
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (got {chunk_size}).")
     if loss_type == "nll":

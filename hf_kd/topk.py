@@ -25,7 +25,7 @@ import math
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .losses import LOGITS_PER_CHUNK, LOSS_TYPES, token_divergence
+from .losses import LOSS_TYPES, default_chunk_size, token_divergence
 from .sharpening import check_selectivity
 
 __all__ = ["TAIL_MODES", "chunked_topk_distillation_loss", "topk_distillation_loss", "topk_teacher_log_probs"]
@@ -186,7 +186,7 @@ def chunked_topk_distillation_loss(
             f"and {tuple(topk_ids.shape)}."
         )
     if chunk_size is None:
-        chunk_size = max(1, LOGITS_PER_CHUNK // student_weight.shape[0])
+        chunk_size = default_chunk_size(student_weight.shape[0])
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (got {chunk_size}).")
     kwargs = dict(loss_type=loss_type, tail=tail, temperature=temperature, jsd_beta=jsd_beta, skew_alpha=skew_alpha)
