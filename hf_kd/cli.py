@@ -29,16 +29,16 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 def evaluate_from_args(args: argparse.Namespace) -> list[dict]:
     """Load the models, score every student against the same reference samples, print the table."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .metrics import CausalLMAdapter, precision_recall
+    from .offline import load_causal_lm
     from .reporting import format_table
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     def adapter(name):
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).to(device).eval()
-        return CausalLMAdapter(model, AutoTokenizer.from_pretrained(name), batch_size=args.batch_size)
+        model, tokenizer, _ = load_causal_lm(name, device)
+        return CausalLMAdapter(model, tokenizer, batch_size=args.batch_size)
 
     reference = adapter(args.reference)
     sample_kwargs = {"max_new_tokens": args.max_new_tokens}

@@ -383,7 +383,7 @@ def as_generative_model(obj, **adapter_kwargs):
 
     Args:
         obj: a protocol model (returned as is), a ``(model, tokenizer)`` pair, or a causal LM id / local path
-            (loaded with `AutoModelForCausalLM` and `AutoTokenizer`).
+            (loaded in float32 by `hf_kd.offline.load_causal_lm`).
         adapter_kwargs: passed to [`CausalLMAdapter`] when one is built.
 
     Returns:
@@ -394,9 +394,9 @@ def as_generative_model(obj, **adapter_kwargs):
     if isinstance(obj, (tuple, list)) and len(obj) == 2:
         return CausalLMAdapter(obj[0], obj[1], **adapter_kwargs)
     if isinstance(obj, str):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from ..offline import load_causal_lm
 
-        model, tokenizer = AutoModelForCausalLM.from_pretrained(obj), AutoTokenizer.from_pretrained(obj)
+        model, tokenizer, _ = load_causal_lm(obj)
         return CausalLMAdapter(model, tokenizer, **adapter_kwargs)
     raise ValueError(
         f"expected a model with sample/log_likelihood, a (model, tokenizer) pair or a model id/path; got "
