@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 from datasets import Dataset, load_dataset
+from huggingface_hub import ModelCard
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from hf_kd import DistillationConfig, DistillationTrainer
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             results.to_json(done)  # written last: its presence marks the run as complete
         if training_args.push_to_hub:
             repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
-            card = render_model_card(results)
+            card = ModelCard.load(os.path.join(run_dir, "README.md"))
             push_distilled_student(run_dir, f"{repo_id}-{name}", card, dataset_dir=recipe.push_dataset_dir)
         rows.append({"name": name, **results.to_dict()})
 
