@@ -17,6 +17,7 @@ __all__ = [
     "EntropyTargetLogitsProcessor",
     "dataset_completion_ids",
     "draw_source",
+    "left_pad",
     "sample_completions",
     "tokenize_completions",
     "trim_at_eos",
@@ -48,6 +49,25 @@ def draw_source(probabilities: dict[str, float], seed: int, step: int) -> str:
         if u < cumulative:
             return name
     return [n for n in names if probabilities[n] > 0][-1]  # u within rounding of 1
+
+
+def left_pad(prompt_ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists into a batch, as decoder-only generation needs (every row's next token aligned).
+
+    Args:
+        prompt_ids (`list[list[int]]`): unpadded prompts.
+        pad_token_id (`int`): the filler id.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: ``input_ids`` and ``attention_mask``, both `(B, max length)` int64.
+    """
+    width = max(len(p) for p in prompt_ids)
+    input_ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, ids in enumerate(prompt_ids):
+        input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[i, width - len(ids) :] = 1
+    return input_ids, attention_mask
 
 
 def trim_at_eos(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> list[list[int]]:
@@ -119,12 +139,8 @@ def sample_completions(
         `list[list[int]]`: completion ids per prompt, cut after the first EOS (kept).
     """
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompt_ids)
-    input_ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, ids in enumerate(prompt_ids):  # left padding, as generation requires
-        input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[i, width - len(ids) :] = 1
+    input_ids, attention_mask = left_pad(prompt_ids, pad_token_id)
+    width = input_ids.shape[1]
     config = copy.deepcopy(generation_config)
     processors = LogitsProcessorList()
     if target_entropy is not None:

@@ -11,7 +11,7 @@ import math
 import torch
 from transformers import LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
 
-from .completions import EntropyTargetLogitsProcessor
+from .completions import EntropyTargetLogitsProcessor, left_pad
 
 __all__ = ["sample_batch", "sample_seed"]
 
@@ -94,11 +94,7 @@ def sample_batch(
     """
     device = next(model.parameters()).device
     n = len(prompt_ids)
-    width = max(len(p) for p in prompt_ids)
-    ids = torch.full((n, width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for r, p in enumerate(prompt_ids):  # left padding: every row's next token sits at the same column
-        ids[r, width - len(p) :], mask[r, width - len(p) :] = torch.tensor(p), 1
+    ids, mask = left_pad(prompt_ids, pad_token_id)  # every row's next token sits at the same column
     position = (mask.cumsum(-1) - 1).clamp_min(0)
     uniforms = torch.stack(
         [torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(sample_seed(seed, i))) for i in sample_ids]

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..completions import left_pad, trim_at_eos
 from ..sharpening import check_selectivity
 
 __all__ = ["CausalLMAdapter", "as_generative_model", "score_token_sequences"]
@@ -348,13 +349,8 @@ class CausalLMAdapter:
                 torch.manual_seed(seed)
                 show = self.progress if progress is None else progress
                 for b in tqdm(range(0, n, bs), desc="sampling", disable=not show, leave=False):
-                    chunk = prompts[b : b + bs]
-                    width = max(len(p) for p in chunk)
-                    ids = torch.full((len(chunk), width), self.pad_token_id, dtype=torch.long)
-                    mask = torch.zeros_like(ids)
-                    for r, p in enumerate(chunk):  # left padding, as decoder-only generation needs
-                        ids[r, width - len(p) :] = torch.tensor(p)
-                        mask[r, width - len(p) :] = 1
+                    ids, mask = left_pad(prompts[b : b + bs], self.pad_token_id)
+                    width = ids.shape[1]
                     gen_out = self.model.generate(
                         input_ids=ids.to(self.device),
                         attention_mask=mask.to(self.device),
@@ -367,10 +363,7 @@ class CausalLMAdapter:
                         eos_token_id=eos,
                         **generate_kwargs,
                     )
-                    for row in gen_out[:, width:].tolist():
-                        if eos is not None and eos in row:
-                            row = row[: row.index(eos) + 1]
-                        out.append(row)
+                    out.extend(trim_at_eos(gen_out[:, width:], [] if eos is None else [eos]))
         finally:
             self.model.train(was_training)
         if return_tokens:
