@@ -25,7 +25,7 @@ import math
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .losses import LOSS_TYPES, default_chunk_size, token_divergence
+from .losses import LOSS_TYPES, _reduce, default_chunk_size, token_divergence
 from .sharpening import check_selectivity
 
 __all__ = ["TAIL_MODES", "chunked_topk_distillation_loss", "topk_distillation_loss", "topk_teacher_log_probs"]
@@ -134,9 +134,7 @@ def topk_distillation_loss(
     per_token = token_divergence(student, log_p, loss_type, jsd_beta=jsd_beta, skew_alpha=skew_alpha)
     mask = torch.ones_like(per_token, dtype=torch.bool) if mask is None else mask.bool().to(per_token.device)
     total = torch.where(mask, per_token, torch.zeros_like(per_token)).sum()
-    if num_items_in_batch is not None:
-        return total / num_items_in_batch
-    return total / mask.sum().clamp_min(1)
+    return _reduce(total, mask.sum(), num_items_in_batch)
 
 
 def _chunk_sum(h, weight, bias, ids, logprobs, beta, kwargs):
@@ -202,6 +200,4 @@ def chunked_topk_distillation_loss(
             total = total + checkpoint(_chunk_sum, *args, use_reentrant=False)
         else:
             total = total + _chunk_sum(*args)
-    if num_items_in_batch is not None:
-        return total / num_items_in_batch
-    return total / max(n, 1)
+    return _reduce(total, torch.tensor(n), num_items_in_batch)
