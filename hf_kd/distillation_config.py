@@ -10,6 +10,7 @@ import torch
 import trl
 
 from .losses import LOSS_TYPES
+from .sharpening import check_selectivity
 from .topk import TAIL_MODES
 
 __all__ = ["COMPLETION_SOURCES", "DistillationConfig"]
@@ -141,10 +142,7 @@ class DistillationConfig(trl.DistillationConfig):
         self.completion_source = _parse_source(self.completion_source)
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type={self.loss_type!r} is unknown; choose one of {LOSS_TYPES}.")
-        if not (isinstance(self.selectivity, (int, float)) and self.selectivity > 0):
-            raise ValueError(
-                f"selectivity must be > 0 (got {self.selectivity}); 1.0 keeps the teacher, values > 1 sharpen it."
-            )
+        check_selectivity(self.selectivity)
         if math.isinf(self.selectivity) and self.loss_type != "nll":
             raise ValueError(
                 "selectivity=inf (greedy teacher) only works with loss_type='nll'; token-level losses need a finite "
