@@ -87,7 +87,12 @@ def render_dataset_card(generation: dict, stats: dict) -> str:
         "Columns: `sample_id`, `prompt`, `completion` (text, special tokens skipped), `completion_ids` (ending with "
         "EOS when the teacher stopped: EOS is kept, unlike the paper's scripts), `num_tokens`, `finished`, "
         "`teacher_logprob` (sum under the unsharpened teacher), `sampling_logprob` (sum under the sampling "
-        "distribution), `mean_selectivity`"
+        + (
+            "distribution; NaN here: the vLLM backend returns the teacher's log-probs only)"
+            if g.get("backend") == "vllm"
+            else "distribution)"
+        )
+        + ", `mean_selectivity`"
         + (
             f", `topk_ids` / `topk_logprobs` (the teacher's top-{g['store_topk']} per token, unsharpened, not "
             "renormalised: the tail mass is 1 - sum exp).",

