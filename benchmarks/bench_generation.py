@@ -8,7 +8,11 @@ teacher's and the sampling distribution's log-probabilities of every token.
 Tokens counted: the real completion tokens (up to and including the first EOS), the same rule on both sides.
 Both run in this process, with the same thread count, on the real SmolLM2-135M-Instruct (float32).
 
-    python benchmarks/bench_generation.py --quick     # ~3 min on 2 CPU cores
+Where vLLM is importable (e.g. in ``.venv-vllm`` made by ``tests/run_vllm.sh``), ``--vllm`` adds a third row: the
+same call with ``backend="vllm"`` (float32; engine start-up timed apart and left out of its tokens/s).
+
+    python benchmarks/bench_generation.py --quick            # ~3 min on 2 CPU cores
+    .venv-vllm/bin/python benchmarks/bench_generation.py --quick --vllm
 """
 
 from __future__ import annotations
@@ -51,16 +55,18 @@ def paper_loop(model, tokenizer, num_samples: int, max_new_tokens: int, batch_si
     }  # fmt: skip
 
 
-def ours(model, tokenizer, num_samples: int, max_new_tokens: int, batch_size: int, eos_id: int) -> dict:
+def ours(model, tokenizer, num_samples: int, max_new_tokens: int, batch_size: int, eos_id: int, **kwargs) -> dict:
+    """`generate_distillation_dataset` timed end to end; `kwargs` (backend, vllm_kwargs, startup_s) go to it."""
     from hf_kd.generation import generate_distillation_dataset
 
+    startup = kwargs.pop("startup_s", 0.0)  # engine start-up measured apart (vLLM), left out of tokens/s
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         ds = generate_distillation_dataset(
             model, tokenizer, out, num_samples, prompt="The", max_new_tokens=max_new_tokens, batch_size=batch_size,
-            eos_token_ids=[eos_id], seed=0, progress=False,
+            eos_token_ids=[eos_id], seed=0, progress=False, **kwargs,
         )  # fmt: skip
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start - startup
     tokens = sum(ds["num_tokens"])
     return {
         "seconds": seconds, "tokens": tokens, "samples": len(ds), "tokens_per_s": tokens / seconds,
@@ -69,7 +75,18 @@ def ours(model, tokenizer, num_samples: int, max_new_tokens: int, batch_size: in
     }  # fmt: skip
 
 
-def run(quick: bool = False, threads: int | None = None) -> dict:
+def vllm_startup_seconds(teacher: str, engine: dict) -> float:
+    """Seconds to start (and stop) a vLLM engine on `teacher`: subtracted from the vLLM row's generation time."""
+    from vllm import LLM
+
+    start = time.perf_counter()
+    llm = LLM(model=str(teacher), **engine)
+    seconds = time.perf_counter() - start
+    del llm
+    return seconds
+
+
+def run(quick: bool = False, threads: int | None = None, vllm: bool = False) -> dict:
     """Generate the same samples with the paper's loop then ours; return figures and the tokens/s ratio."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -101,6 +118,15 @@ def run(quick: bool = False, threads: int | None = None) -> dict:
         f"sampling log-probs, parquet shards; {m['finished_with_eos']} of {num_samples} samples hit EOS)"
     )
     print(f"ratio (hf_kd / paper loop) tokens/s: {result['ratio_tokens_per_s']:.2f}x")
+    if vllm:
+        engine = {"dtype": "float32", "seed": 0, "max_logprobs": 20, "kv_cache_memory_bytes": 2**30}
+        startup = vllm_startup_seconds(teacher, engine)
+        v = ours(teacher, None, num_samples, max_new_tokens, batch_size, eos_id, backend="vllm", startup_s=startup,
+                 dtype="float32", vllm_kwargs={"kv_cache_memory_bytes": 2**30})  # fmt: skip
+        result.update({"vllm": {**v, "startup_seconds": startup}, "ratio_vllm_tokens_per_s": v["tokens_per_s"] /
+                       b["tokens_per_s"]})  # fmt: skip
+        print(f"vLLM      : {v['tokens']} tokens in {v['seconds']:.1f} s = {v['tokens_per_s']:.1f} tok/s after a "
+              f"{startup:.1f} s engine start; {result['ratio_vllm_tokens_per_s']:.2f}x the paper loop")  # fmt: skip
     # Split the gain: rows computed per real token (padding after EOS) x speed per computed row-step.
     padding = b["row_steps"] / b["tokens"]
     per_step = m["row_steps_per_s"] / b["row_steps_per_s"]
@@ -111,8 +137,9 @@ def run(quick: bool = False, threads: int | None = None) -> dict:
         f"computed row-step ours runs at {per_step:.2f}x the speed of `generate` (a plain KV-cache loop; the prefill "
         "computes the last position's logits only; where generate spends its extra per-step time is not profiled)."
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
+    path = RESULTS.with_name("generation_vllm.json") if vllm else RESULTS  # another environment: its own file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -129,5 +156,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 samples x 96 tokens instead of 256 x 128")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 avoids oversubscription)")
+    parser.add_argument("--vllm", action="store_true", help="also time backend='vllm' (needs vLLM)")
     args = parser.parse_args()
-    run(args.quick, args.threads)
+    run(args.quick, args.threads, args.vllm)

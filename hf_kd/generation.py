@@ -321,7 +321,8 @@ def generate_distillation_dataset(
     See the module docstring for reproducibility, resume, sharding and the columns.
 
     Args:
-        teacher (`str` or `PreTrainedModel`): a model id / local path (loaded in float32 unless `dtype`), or a model.
+        teacher (`str`, `os.PathLike` or `PreTrainedModel`): a model id / local path (loaded in float32 unless
+            `dtype`), or a model.
         tokenizer (`PreTrainedTokenizerBase`, *optional*): needed with a loaded model.
         output_dir (`str`): where ``data/train-*.parquet``, ``README.md`` and ``generation_args.json`` go.
         num_samples (`int`): number of completions; ids ``0 .. num_samples - 1``.
@@ -357,6 +358,7 @@ def generate_distillation_dataset(
 
     from .dataset_card import write_dataset_card
 
+    teacher = os.fspath(teacher) if isinstance(teacher, os.PathLike) else teacher
     selectivity = _validate(num_samples, batch_size, max_new_tokens, selectivity, temperature, target_entropy, top_k,
                             top_p, store_topk, prompt, prompts, backend, teacher)  # fmt: skip
     if prompts is None:

@@ -14,9 +14,10 @@ pip install -q "$package"
 # PyPI's torchvision/torchaudio are built against CUDA torch and fail to import beside the CPU torch
 # ("operator torchvision::nms does not exist"); text-only vLLM does not need them, and transformers skips them.
 pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-# hf_kd without its transformers floor (vLLM chose the transformers here), then what the generation tests import.
-pip install -q --no-deps -e .
+# hf_kd's other dependencies; hf_kd itself runs from this source tree (PYTHONPATH), not installed: its metadata asks
+# for the newer transformers, and the vLLM backend is what is tested here, with the transformers vLLM chose.
 pip install -q "trl==1.16.*" "peft>=0.21,<0.22" "datasets>=4.0" "accelerate>=1.10" "evaluate==0.4.6" jinja2 pyyaml \
     tqdm matplotlib "pytest>=8"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_KD_VLLM_TESTS=1
 python -c "import vllm, transformers; print(f'vLLM {vllm.__version__}, transformers {transformers.__version__}')"
-HF_KD_VLLM_TESTS=1 python -m pytest -m vllm -q tests/test_generation_vllm.py
+python -m pytest -m vllm -q tests/test_generation_vllm.py

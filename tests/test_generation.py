@@ -215,6 +215,10 @@ def test_cli_loads_a_teacher_by_path(tmp_path, tokenizer, sharp_teacher):
     ds = generate_from_args(parser.parse_args(argv))
     assert ds["prompt"] == ["the cat", "red", "the cat", "red"]
     assert all(len(t) == n and all(len(k) == 2 for k in t) for t, n in zip(ds["topk_ids"], ds["num_tokens"]))
+    by_path = generate_distillation_dataset(tmp_path / "teacher", None, str(tmp_path / "by_path"), 4,
+                                            prompts=["the cat", "red"], selectivity=3.0, max_new_tokens=4,
+                                            store_topk=2, progress=False)  # fmt: skip
+    assert by_path.to_dict() == ds.to_dict()  # a pathlib.Path teacher loads like its string
     direct = generate_distillation_dataset(sharp_teacher, tokenizer, str(tmp_path / "direct"), 4,
                                            prompts=["the cat", "red"], selectivity=3.0, max_new_tokens=4,
                                            store_topk=2, batch_size=32, progress=False)  # fmt: skip
