@@ -9,7 +9,7 @@ Tokens counted: the real completion tokens (up to and including the first EOS), 
 Both run in this process, with the same thread count, on the real SmolLM2-135M-Instruct (float32).
 
 Where vLLM is importable (e.g. in ``.venv-vllm`` made by ``tests/run_vllm.sh``), ``--vllm`` adds a third row: the
-same call with ``backend="vllm"`` (float32; engine start-up timed apart and left out of its tokens/s).
+same call with ``backend="vllm"`` (float32; the engine's start-up is timed and left out of its tokens/s).
 
     python benchmarks/bench_generation.py --quick            # ~3 min on 2 CPU cores
     .venv-vllm/bin/python benchmarks/bench_generation.py --quick --vllm
@@ -56,17 +56,16 @@ def paper_loop(model, tokenizer, num_samples: int, max_new_tokens: int, batch_si
 
 
 def ours(model, tokenizer, num_samples: int, max_new_tokens: int, batch_size: int, eos_id: int, **kwargs) -> dict:
-    """`generate_distillation_dataset` timed end to end; `kwargs` (backend, vllm_kwargs, startup_s) go to it."""
+    """`generate_distillation_dataset` timed end to end; `kwargs` (backend, dtype, vllm_kwargs) go to it."""
     from hf_kd.generation import generate_distillation_dataset
 
-    startup = kwargs.pop("startup_s", 0.0)  # engine start-up measured apart (vLLM), left out of tokens/s
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         ds = generate_distillation_dataset(
             model, tokenizer, out, num_samples, prompt="The", max_new_tokens=max_new_tokens, batch_size=batch_size,
             eos_token_ids=[eos_id], seed=0, progress=False, **kwargs,
         )  # fmt: skip
-        seconds = time.perf_counter() - start - startup
+        seconds = time.perf_counter() - start
     tokens = sum(ds["num_tokens"])
     return {
         "seconds": seconds, "tokens": tokens, "samples": len(ds), "tokens_per_s": tokens / seconds,
@@ -75,15 +74,19 @@ def ours(model, tokenizer, num_samples: int, max_new_tokens: int, batch_size: in
     }  # fmt: skip
 
 
-def vllm_startup_seconds(teacher: str, engine: dict) -> float:
-    """Seconds to start (and stop) a vLLM engine on `teacher`: subtracted from the vLLM row's generation time."""
-    from vllm import LLM
+def timed_vllm_engines(starts: list[float]) -> None:
+    """Record in `starts` the seconds each vLLM engine takes to start, so the vLLM row can leave them out."""
+    from hf_kd import generation
 
-    start = time.perf_counter()
-    llm = LLM(model=str(teacher), **engine)
-    seconds = time.perf_counter() - start
-    del llm
-    return seconds
+    build = generation._vllm_engine
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        engine = build(*args, **kwargs)
+        starts.append(time.perf_counter() - start)
+        return engine
+
+    generation._vllm_engine = timed
 
 
 def run(quick: bool = False, threads: int | None = None, vllm: bool = False) -> dict:
@@ -119,10 +122,13 @@ def run(quick: bool = False, threads: int | None = None, vllm: bool = False) -> 
     )
     print(f"ratio (hf_kd / paper loop) tokens/s: {result['ratio_tokens_per_s']:.2f}x")
     if vllm:
-        engine = {"dtype": "float32", "seed": 0, "max_logprobs": 20, "kv_cache_memory_bytes": 2**30}
-        startup = vllm_startup_seconds(teacher, engine)
-        v = ours(teacher, None, num_samples, max_new_tokens, batch_size, eos_id, backend="vllm", startup_s=startup,
-                 dtype="float32", vllm_kwargs={"kv_cache_memory_bytes": 2**30})  # fmt: skip
+        starts = []
+        timed_vllm_engines(starts)
+        v = ours(str(teacher), None, num_samples, max_new_tokens, batch_size, eos_id, backend="vllm", dtype="float32",
+                 vllm_kwargs={"kv_cache_memory_bytes": 2**30})  # fmt: skip
+        startup = starts[0]
+        v["seconds"] -= startup
+        v["tokens_per_s"] = v["row_steps_per_s"] = v["tokens"] / v["seconds"]
         result.update({"vllm": {**v, "startup_seconds": startup}, "ratio_vllm_tokens_per_s": v["tokens_per_s"] /
                        b["tokens_per_s"]})  # fmt: skip
         print(f"vLLM      : {v['tokens']} tokens in {v['seconds']:.1f} s = {v['tokens_per_s']:.1f} tok/s after a "
