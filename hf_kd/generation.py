@@ -138,8 +138,12 @@ def _rows_transformers(model, shard_ids, prompt_ids, seed, eos_ids, pad_id, samp
     )  # fmt: skip
 
 
+CPU_KV_CACHE_BYTES = 2**30  # vLLM-CPU's default asks for 92 % of host memory and fails on a machine in use
+
+
 def _vllm_engine(teacher: str, revision, seed: int, dtype, store_topk: int, world: int, vllm_kwargs: dict | None):
     from vllm import LLM
+    from vllm.platforms import current_platform
 
     kwargs = {
         "model": teacher, "revision": revision, "seed": seed,
@@ -147,6 +151,9 @@ def _vllm_engine(teacher: str, revision, seed: int, dtype, store_topk: int, worl
         # raw log-probs are the UNsharpened teacher's: the teacher_logprob and topk columns need exactly those.
         "logprobs_mode": "raw_logprobs", "max_logprobs": max(store_topk, 20),
     }  # fmt: skip
+    memory_set = {"gpu_memory_utilization", "kv_cache_memory_bytes"} & set(vllm_kwargs or {})
+    if current_platform.is_cpu() and not memory_set and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+        kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES  # ~23k tokens of SmolLM2-135M in float32
     if world > 1 and torch.cuda.is_available():
         # one independent engine per rank: vLLM's engine process sees only this rank's GPU.
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -347,7 +354,9 @@ def generate_distillation_dataset(
         command (`str`, *optional*): recorded in the dataset card (default: this process's command line).
         wait_timeout_s (`float`): how long a rank waits for the others' shards.
         vllm_kwargs (`dict`, *optional*): extra `vllm.LLM` arguments, e.g. ``{"gpu_memory_utilization": 0.5}``
-            (on vLLM's CPU build that fraction is of the host memory) or ``{"enforce_eager": True}``.
+            or ``{"enforce_eager": True}``. On vLLM's CPU build the KV cache defaults to 1 GiB unless this sets
+            ``gpu_memory_utilization`` (a fraction of host memory there) or ``kv_cache_memory_bytes``, or
+            ``VLLM_CPU_KVCACHE_SPACE`` is set.
 
     Returns:
         `datasets.Dataset`: all `num_samples` rows, sorted by ``sample_id`` (in memory).
