@@ -120,13 +120,17 @@ def test_first_tokens_follow_the_sharpened_law(straight, teacher):
     prompt = make_tokenizer()("the cat")["input_ids"]
     counts = torch.bincount(torch.tensor([ids[0] for ids in ds["completion_ids"]]), minlength=25).double()
     with torch.no_grad():
-        probs = torch.softmax(BETA * teacher(torch.tensor([prompt])).logits[0, -1].double(), -1)
-    expected = N * probs
-    stat, dof = float(((counts - expected) ** 2 / expected).sum()), len(probs) - 1
+        z = teacher(torch.tensor([prompt])).logits[0, -1].double()
+
+    def chi_square(law):
+        expected = N * law
+        return float(((counts - expected) ** 2 / expected).sum())
+
+    dof = len(z) - 1
+    stat = chi_square(torch.softmax(BETA * z, -1))
     assert stat < dof + 5 * math.sqrt(2 * dof), (stat, dof)
     # and not the unsharpened law: beta = 0.5 flattens it far beyond sampling noise
-    raw = N * torch.softmax(teacher(torch.tensor([prompt])).logits[0, -1].double(), -1).detach()
-    assert float(((counts - raw) ** 2 / raw).sum()) > dof + 10 * math.sqrt(2 * dof)
+    assert chi_square(torch.softmax(z, -1)) > dof + 10 * math.sqrt(2 * dof)
 
 
 def test_stored_full_vocab_topk_gives_the_live_teacher_kl(straight, teacher):
