@@ -48,8 +48,10 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from .fingerprint import fingerprint_changes, teacher_fingerprint
 from .sequence_sampling import sample_batch, sample_seed
 from .sharpening import check_selectivity
+from .validation import check_model_path, check_output_dir, check_token_ids, parse_dtype
 
 __all__ = [
     "add_generate_arguments",
@@ -57,6 +59,7 @@ __all__ = [
     "generate_from_args",
     "sample_batch",
     "sample_seed",
+    "stray_shards",
 ]
 
 ARGS_FILE = "generation_args.json"
@@ -85,6 +88,34 @@ def _schema(store_topk: int):
 
 def _shard_path(output_dir: str, k: int, num_shards: int) -> str:
     return os.path.join(output_dir, "data", f"train-{k:05d}-of-{num_shards:05d}.parquet")
+
+
+def stray_shards(output_dir: str | os.PathLike, num_samples: int | None = None, batch_size: int | None = None):
+    """The parquet files in ``output_dir/data`` that are not shards of the run recorded there (sorted names).
+
+    `load_dataset(output_dir)` would read them with the real shards, so runs and pushes refuse them. The run is
+    the one in ``generation_args.json`` unless `num_samples` and `batch_size` are given.
+    """
+    output_dir = os.fspath(output_dir)
+    if num_samples is None or batch_size is None:
+        with open(os.path.join(output_dir, ARGS_FILE)) as f:
+            record = json.load(f)
+        num_samples, batch_size = record.get("num_samples"), record.get("batch_size")
+        if not isinstance(num_samples, int) or not isinstance(batch_size, int):
+            return []  # not written by generate_distillation_dataset: nothing to compare with
+    num_shards = math.ceil(num_samples / batch_size)
+    expected = {os.path.basename(_shard_path(output_dir, k, num_shards)) for k in range(num_shards)}
+    found = glob.glob(os.path.join(output_dir, "data", "*.parquet"))
+    return sorted(name for name in map(os.path.basename, found) if name not in expected)
+
+
+def _refuse_stray_shards(output_dir: str, num_samples: int, batch_size: int) -> None:
+    if stray := stray_shards(output_dir, num_samples, batch_size):
+        raise ValueError(
+            f"{os.path.join(output_dir, 'data')} holds {len(stray)} parquet file(s) that are not shards of this run "
+            f"({', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''}); load_dataset would read them as rows of "
+            "this dataset. Remove them, or use a new output_dir."
+        )
 
 
 def _write_atomic(table, path: str) -> None:
@@ -117,11 +148,18 @@ def _check_or_record_arguments(output_dir: str, record: dict) -> None:
     if os.path.exists(path):
         with open(path) as f:
             previous = json.load(f)
-        changed = {k for k in record.keys() | previous.keys() if k != "command" and record.get(k) != previous.get(k)}
+        ignored = ("command", "teacher_fingerprint")
+        changed = {k for k in record.keys() | previous.keys() if k not in ignored and record.get(k) != previous.get(k)}
         if changed:
             raise ValueError(
                 f"{output_dir} holds a run with different arguments ({', '.join(sorted(changed))}); resuming would "
                 "mix two distributions. Use a new output_dir, or the same arguments to resume."
+            )
+        if changes := fingerprint_changes(previous.get("teacher_fingerprint"), record["teacher_fingerprint"]):
+            raise ValueError(
+                f"{output_dir} was sampled from a different teacher: its {', '.join(changes)} changed. Resuming "
+                "would mix two teachers' samples in one dataset; resume with the original teacher, or use a new "
+                "output_dir."
             )
         return
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -206,8 +244,11 @@ def _rows_vllm(engine, shard_ids, prompt_ids, seed, eos_ids, sampling) -> list[d
 
 # ----------------------------------------------------------------------------------------------------------- API
 def _validate(num_samples, batch_size, max_new_tokens, selectivity, temperature, target_entropy, top_k, top_p,
-              store_topk, prompt, prompts, backend, teacher) -> float:  # fmt: skip
+              store_topk, prompt, prompts, backend, teacher, output_dir) -> float:  # fmt: skip
     """Check the arguments early; return the selectivity."""
+    check_output_dir(output_dir)
+    if isinstance(teacher, str):
+        check_model_path(teacher, "teacher")
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer (got {value!r}).")
@@ -260,7 +301,7 @@ def _load_teacher(teacher, tokenizer, revision, device, dtype):
         if device is None:
             local = int(os.environ.get("LOCAL_RANK", 0))
             device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        dtype = parse_dtype(dtype)
         # float32 unless asked: bf16 matmuls on CPU are two orders of magnitude slower.
         teacher = AutoModelForCausalLM.from_pretrained(teacher, revision=revision, dtype=dtype or torch.float32)
         teacher = teacher.to(device)
@@ -369,7 +410,8 @@ def generate_distillation_dataset(
 
     teacher = os.fspath(teacher) if isinstance(teacher, os.PathLike) else teacher
     selectivity = _validate(num_samples, batch_size, max_new_tokens, selectivity, temperature, target_entropy, top_k,
-                            top_p, store_topk, prompt, prompts, backend, teacher)  # fmt: skip
+                            top_p, store_topk, prompt, prompts, backend, teacher, output_dir)  # fmt: skip
+    output_dir, dtype = os.fspath(output_dir), parse_dtype(dtype)
     if prompts is None:
         prompts = ["The" if prompt is None else prompt]
     if backend == "vllm":
@@ -390,6 +432,7 @@ def generate_distillation_dataset(
         eos_token_ids = sorted({e for e in [*config_eos, tokenizer.eos_token_id] if e is not None})
     if not eos_token_ids:
         raise ValueError("no EOS id found on the teacher or tokenizer; pass eos_token_ids.")
+    check_token_ids(eos_token_ids, vocab)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids[0]
     teacher_name = teacher if isinstance(teacher, str) else getattr(teacher, "name_or_path", "")
     teacher_name = teacher_name or type(teacher).__name__  # models built in code have no name
@@ -403,10 +446,12 @@ def generate_distillation_dataset(
         "top_p": top_p, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed,
         "store_topk": store_topk, "eos_token_ids": list(eos_token_ids),
         "command": command or " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "teacher_fingerprint": teacher_fingerprint(model, tokenizer, name_or_path=teacher_name, dtype=dtype),
     }  # fmt: skip
     record = {k: (str(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in record.items()}
     os.makedirs(os.path.join(output_dir, "data"), exist_ok=True)
     _check_or_record_arguments(output_dir, record)
+    _refuse_stray_shards(output_dir, num_samples, batch_size)
 
     rank, world = _rank_and_world()
     num_shards = math.ceil(num_samples / batch_size)
@@ -448,6 +493,7 @@ def generate_distillation_dataset(
     table = pa.concat_tables([pq.read_table(p, schema=schema) for p in paths])
     if len(set(table.column("sample_id").to_pylist())) != num_samples or table.num_rows != num_samples:
         raise RuntimeError(f"{output_dir} holds {table.num_rows} rows, not {num_samples} unique samples.")
+    _refuse_stray_shards(output_dir, num_samples, batch_size)  # e.g. copied in while this run sampled
     if rank == 0:
         for stale in glob.glob(os.path.join(output_dir, "data", ".*.tmp-*")):
             os.remove(stale)  # left by a killed run; every shard is in place, so no rank is writing any more

@@ -1,8 +1,10 @@
 """Push a distilled student (weights, tokenizer, model card) and optionally its teacher-sample dataset to the Hub.
 
-The upload folder is built first, from an allow-list of files (no optimizer states, `training_args.bin`,
-`trainer_state.json` or checkpoints), with every card sanitised (`hf_kd.sanitize`) and local paths removed from
-``*name_or_path`` config fields; then it goes up through `huggingface_hub.HfApi` (`create_repo` + `upload_folder`).
+The upload folder is built first, from an allow-list of files: for a model the weights, configs, tokenizer and
+adapter files, the remote-code modules its config names, and the card (no scripts, optimizer states,
+`training_args.bin`, `trainer_state.json` or checkpoints); for a dataset the parquet shards, the card and the
+generation record. Every text file in it is sanitised (`hf_kd.sanitize`: tokens, secret options and keys, URL
+credentials, local paths), vocabulary entries excepted; then it goes up through `huggingface_hub.HfApi` (`create_repo` + `upload_folder`).
 [`prepare_model_folder`] and [`prepare_dataset_folder`] build the folders alone, to inspect them before pushing.
 """
 
@@ -48,25 +50,57 @@ MODEL_FILE_PATTERNS = (
     "merges.txt",
     "tokenizer.model",
     "spiece.model",
-    "*.py",  # remote code (e.g. the GMM's configuration/modeling files)
-)
-DATA_FILE_PATTERNS = ("*.parquet", "*.jsonl", "*.jsonl.gz", "*.csv", "*.arrow")
+)  # plus the remote-code modules that config.json's `auto_map` names (e.g. the GMM's), and nothing else
+DATA_FILE_PATTERNS = ("data/*.parquet",)  # plus README.md and generation_args.json, both sanitised
 _WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
+# Vocabularies are data, not prose: rewriting a token that looks like a path would break the tokenizer.
+_VOCABULARY_FILES = ("vocab.json", "vocab.txt", "merges.txt")
+_TEXT_SUFFIXES = (".json", ".jinja", ".py", ".md", ".txt")
+# JSON subtrees holding vocabulary entries, kept verbatim
+_VOCABULARY_KEYS = {"tokenizer.json": ("model", "added_tokens"), "tokenizer_config.json": ("added_tokens_decoder",)}
 
 
 def _matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
-def _scrub_config(path: Path, base_model: str | None) -> None:
-    """Drop local paths from ``*name_or_path`` fields; a PEFT adapter's local base becomes the card's base_model."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    local = [k for k, v in data.items() if k.endswith("name_or_path") and isinstance(v, str) and is_local_path(v)]
-    for key in local:
-        adapter_base = key == "base_model_name_or_path" and base_model
-        data[key] = base_model if adapter_base else local_basename(data[key])
-    if local:
-        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+def _remote_code_files(src: Path) -> list[str]:
+    """The modules named by config.json's `auto_map` (``"modeling_gmm.GMMModel"`` -> ``modeling_gmm.py``)."""
+    if not (src / "config.json").is_file():
+        return []
+    auto_map = json.loads((src / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
+    refs = [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
+    names = {f"{r.rsplit('.', 1)[0]}.py" for r in refs if "--" not in r and "." in r}  # "repo--x.Y": code elsewhere
+    return sorted(n for n in names if (src / n).is_file())
+
+
+def _sanitize_file(path: Path, base_model: str | None) -> None:
+    """Sanitise one uploaded text file in place (see `hf_kd.sanitize`); vocabulary entries are left as they are.
+
+    In JSON files every string is sanitised, secret-named keys (``hub_token``, ``api_key``, ...) are redacted, and a
+    PEFT adapter's local ``base_model_name_or_path`` becomes the card's `base_model`.
+    """
+    if path.name in _VOCABULARY_FILES or path.suffix not in _TEXT_SUFFIXES:
+        return
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".json":
+        clean = sanitize_text(text)
+    else:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            return
+        kept = {k: data[k] for k in _VOCABULARY_KEYS.get(path.name, ()) if k in data}
+        base = data.get("base_model_name_or_path")
+        clean_data = {**sanitize_value({k: v for k, v in data.items() if k not in kept}), **kept}
+        for key, value in data.items():  # relative local paths too (`./run`, a folder that exists here)
+            if key.endswith("name_or_path") and isinstance(value, str) and value and is_local_path(value):
+                clean_data[key] = local_basename(value)
+        if isinstance(base, str) and base_model and is_local_path(base):
+            clean_data["base_model_name_or_path"] = base_model
+        clean_data = {k: clean_data[k] for k in data}  # the original key order
+        clean = text if clean_data == data else json.dumps(clean_data, indent=2, ensure_ascii=False) + "\n"
+    if clean != text:
+        path.write_text(clean, encoding="utf-8")
 
 
 def _as_card(card: ModelCard | DistillationResults | dict | str, repo_id: str | None) -> ModelCard:
@@ -105,6 +139,7 @@ def prepare_model_folder(
             "e.g. trainer.save_model(output_dir) and tokenizer.save_pretrained(output_dir)."
         )
     names = sorted(p.name for p in src.iterdir() if p.is_file() and _matches(p.name, MODEL_FILE_PATTERNS))
+    names = sorted({*names, *_remote_code_files(src)})
     if not any(_matches(n, _WEIGHTS) for n in names):
         raise ValueError(f"{src.name!r} holds no weights (*.safetensors): save the student with save_pretrained.")
     dst.mkdir(parents=True, exist_ok=True)
@@ -112,24 +147,26 @@ def prepare_model_folder(
         raise ValueError(f"the upload folder {dst.name!r} is not empty; pass a new or empty folder.")
     card = _as_card(card, repo_id)
     base_model = card.data.base_model if isinstance(card.data.base_model, str) else None
-    for name in names:
-        shutil.copy2(src / name, dst / name)
-        if name.endswith(".json") and name != "tokenizer.json":  # tokenizer.json: vocabulary strings, not paths
-            _scrub_config(dst / name, base_model)
     for extra in map(Path, extra_files):
         if not extra.is_file():
             raise ValueError(f"extra file {extra.name!r} does not exist.")
+    for name in names:
+        shutil.copy2(src / name, dst / name)
+        _sanitize_file(dst / name, base_model)
+    for extra in map(Path, extra_files):
         shutil.copy2(extra, dst / extra.name)
+        _sanitize_file(dst / extra.name, base_model)
     ModelCard(sanitize_text(str(card))).save(dst / "README.md")
     return sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
 
 
 def prepare_dataset_folder(dataset_dir: str | os.PathLike, folder: str | os.PathLike) -> list[str]:
-    """Build the folder uploaded as the teacher-sample dataset: its data files and its (sanitised) card.
+    """Build the folder uploaded as the teacher-sample dataset: its shards, its card and its generation record.
 
-    `dataset_dir` is either what `hf_kd.generation.generate_distillation_dataset` writes (``data/*.parquet`` and
-    ``README.md``; files such as ``generation_args.json`` stay local) or a `datasets` `save_to_disk` folder
-    (written out as ``data/<split>-00000-of-00001.parquet``).
+    `dataset_dir` is either what `hf_kd.generation.generate_distillation_dataset` writes (``data/*.parquet``,
+    ``README.md`` and ``generation_args.json``, the last two sanitised; nothing else is uploaded, and shards that do
+    not belong to the recorded run are refused) or a `datasets` `save_to_disk` folder (written out as
+    ``data/<split>-00000-of-00001.parquet``).
 
     Returns:
         `list[str]`: the relative paths in `folder`, sorted.
@@ -147,20 +184,26 @@ def prepare_dataset_folder(dataset_dir: str | os.PathLike, folder: str | os.Path
             (dst / "data").mkdir(exist_ok=True)
             ds.to_parquet(str(dst / "data" / f"{split}-00000-of-00001.parquet"))
     else:
-        for path in sorted(src.rglob("*")):
-            rel = path.relative_to(src)
-            if path.is_file() and not rel.parts[0].startswith(".") and _matches(path.name, DATA_FILE_PATTERNS):
-                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, dst / rel)
+        from .generation import ARGS_FILE, stray_shards
+
+        shards = sorted(p for p in (src / "data").glob("*.parquet") if p.is_file()) if (src / "data").is_dir() else []
+        if (src / ARGS_FILE).is_file() and (stray := stray_shards(src)):
+            raise ValueError(
+                f"dataset_dir {src.name!r} holds shards that its {ARGS_FILE} does not account for "
+                f"({', '.join(stray)}); remove them before pushing."
+            )
+        for path in shards:
+            (dst / "data").mkdir(exist_ok=True)
+            shutil.copy2(path, dst / "data" / path.name)
     if not any(dst.rglob("*")):
         raise ValueError(
-            f"dataset_dir {src.name!r} holds no data files ({', '.join(DATA_FILE_PATTERNS)}) and is not a "
-            "save_to_disk folder; generate one with `hf-kd generate`."
+            f"dataset_dir {src.name!r} holds no data files (data/*.parquet) and is not a save_to_disk folder; "
+            "generate one with `hf-kd generate`."
         )
-    if (src / "README.md").is_file():
-        (dst / "README.md").write_text(
-            sanitize_text((src / "README.md").read_text(encoding="utf-8")), encoding="utf-8"
-        )
+    for name in ("README.md", "generation_args.json"):
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+            _sanitize_file(dst / name, None)
     return sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
 
 

@@ -30,10 +30,24 @@ _LOCAL_PATH = re.compile(
     rf"|(?<![\w\\])\\\\[^{_STOP}]+"  # \\server\share
     rf"|file://[^{_STOP}]+"
 )
-_TOKEN = re.compile(r"(?:hf_|api_org_)[A-Za-z0-9]{20,}")  # no \b: a token glued to a word still counts
-# `--token X`, `--hub_token=X`, `--hub-token X` (not `--max_new_tokens`); `HF_TOKEN=X` style assignments
-_SECRET_FLAG = re.compile(r"\s*--(?:[\w-]*[_-])?token(?![\w-])(?:=\S*|\s+(?!-)\S+)?", re.IGNORECASE)
-_SECRET_ENV = re.compile(r"\b[A-Z_]*(?:TOKEN|SECRET|PASSWORD|API_KEY)=\S*\s*")
+# Hugging Face, OpenAI-style and GitHub tokens; no \b: a token glued to a word still counts
+_TOKEN = re.compile(r"(?:hf_|api_org_|sk-|gh[pousr]_)[A-Za-z0-9]{20,}")
+# the last word of an option or a key that holds a secret: token, password, secret, api key, ...
+_SECRET_WORD = r"(?:token|password|passwd|secret|api[_-]?key|access[_-]?key|auth)"
+# `--token X`, `--hub_token=X`, `--api-key X`, `--wandb-api-key=X`, `--password X` (not `--max_new_tokens`)
+_SECRET_FLAG = re.compile(
+    rf"\s*--(?:[\w-]*[_-])?{_SECRET_WORD}(?![\w-])(?:=\S*|\s+(?!-)\S+)?", re.IGNORECASE
+)
+# `HF_TOKEN=X`, `WANDB_API_KEY=X`, `export DB_PASSWORD=X` style assignments
+_SECRET_ENV = re.compile(r"\b[A-Z_]*(?:TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)=\S*\s*")
+# credentials in a URL: `https://user:pass@host` -> `https://host`
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^\s/@:'\"`<>]+(?::[^\s/@'\"`<>]*)?@")
+# a dict key naming a secret: `hub_token`, `api_key`, `password` (not `eos_token` or `pad_token`)
+_SECRET_KEY = re.compile(
+    r"^(?:token|(?:[\w-]*[_-])?(?:(?:hub|hf|auth|access|api|bearer|wandb)[_-]?token|password|passwd|secret"
+    r"|api[_-]?key|access[_-]?key|secret[_-]?key))$",
+    re.IGNORECASE,
+)
 
 
 def local_basename(path: str) -> str:
@@ -45,28 +59,40 @@ def local_basename(path: str) -> str:
 def sanitize_text(text: str) -> str:
     """Remove what must not leave the machine from `text`: secrets and local absolute paths.
 
-    `--*token* VALUE` options and `*TOKEN*=VALUE` assignments are dropped, token-looking strings (``hf_...``,
-    ``api_org_...``) become ``<redacted>``, and absolute paths (``/home/me/run``, ``~/x``, ``C:\\x``, ``\\\\srv\\x``,
+    Options naming a secret (``--token``, ``--hub_token=``, ``--api_key``, ``--wandb-api-key``, ``--password``, ...)
+    and ``*TOKEN*=`` / ``*PASSWORD*=`` / ``*API_KEY*=`` assignments are dropped with their value, credentials in
+    URLs (``https://user:pass@host``) are dropped, token-looking strings (``hf_...``, ``api_org_...``, ``sk-...``,
+    ``ghp_...``) become ``<redacted>``, and absolute paths (``/home/me/run``, ``~/x``, ``C:\\x``, ``\\\\srv\\x``,
     ``file://...``) become their basename (``run``). URLs and relative paths are kept. Idempotent.
     """
     text = _TOKEN.sub("<redacted>", text)  # first, so `--token<redacted>` and `X_TOKEN=<redacted>` are dropped whole
     text = _SECRET_FLAG.sub("", text)
     text = _SECRET_ENV.sub("", text)
+    text = _URL_CREDENTIALS.sub("", text)
     return _LOCAL_PATH.sub(lambda m: local_basename(m.group(0)), text)
 
 
 def find_leaks(text: str) -> list[str]:
     """The local absolute paths and token-looking strings left in `text` (empty when it is safe to publish)."""
     found = [m.group(0) for m in _TOKEN.finditer(text)]
+    found += [m.group(0).strip() for m in _SECRET_FLAG.finditer(text) if "=" in m.group(0) or " " in m.group(0).strip()]
+    found += [m.group(0) for m in _URL_CREDENTIALS.finditer(text)]
     return found + [m.group(0) for m in _LOCAL_PATH.finditer(text)]
 
 
 def sanitize_value(value: Any) -> Any:
-    """[`sanitize_text`] applied to every string inside nested dicts, lists and tuples (keys included)."""
+    """[`sanitize_text`] applied to every string inside nested dicts, lists and tuples (keys included).
+
+    The value of a key naming a secret (``hub_token``, ``api_key``, ``password``, ...) becomes ``"<redacted>"``
+    unless it is empty (``None``, ``""``, ``False``).
+    """
     if isinstance(value, str):
         return sanitize_text(value)
     if isinstance(value, dict):
-        return {sanitize_value(k): sanitize_value(v) for k, v in value.items()}
+        return {
+            sanitize_value(k): "<redacted>" if isinstance(k, str) and _SECRET_KEY.match(k) and v else sanitize_value(v)
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return type(value)(sanitize_value(v) for v in value)
     return value

@@ -143,7 +143,8 @@ def test_push_with_dataset(saved_student, hub, tmp_path):
     ]
     assert hub[0][1]["private"] is False
     dataset_upload, model_upload = hub[1][1], hub[3][1]
-    assert dataset_upload["files"] == ["README.md", "data/train-00000-of-00001.parquet"] == out["dataset_files"]
+    expected = ["README.md", "data/train-00000-of-00001.parquet", "generation_args.json"]
+    assert dataset_upload["files"] == expected == out["dataset_files"]
     assert out["dataset_url"] == "https://huggingface.co/datasets/me/tiny-kd-teacher-samples"
     assert_no_leak(dataset_upload["at"], str(tmp_path))
     assert "Sampled from teacher with\n" in (dataset_upload["at"] / "README.md").read_text()
@@ -219,3 +220,99 @@ def test_folder_without_weights_is_refused(saved_student, hub, tmp_path):
     with pytest.raises(ValueError, match="holds no data files"):
         push_distilled_student(saved_student, "me/tiny-kd", results(saved_student), dataset_dir=empty)
     assert [c for c in hub if c[0] == "upload_folder"] == []
+
+
+# ------------------------------------------------------------------------------------- planted secrets, allow-list
+SECRETS = {
+    "token": TOKEN,
+    "api_key": "--api_key=sk" + "-live4d3f2a1b0c9e8d7f6a5b4c3d2e1",
+    "password": "--password hunter2-Secret",
+    "wandb": "--wandb-api-key 0123456789abcdef0123456789abcdef01234567",
+    "url": "https://alice:s3cr3t-pw@git.example.com/me/repo.git",
+    "home": "/home/alice/private-runs/kd-7",
+    "temp": "/tmp/tmpq8x_4z1/teacher",
+}
+# what each plant must not leave behind in an uploaded file
+NEEDLES = [TOKEN, "sk-live4d3f", "api_key", "hunter2", "0123456789abcdef0123", "alice", "s3cr3t", "/home/", "/tmp/"]
+
+
+def planted(text_of: str) -> str:
+    return f"{text_of}: " + " ".join(SECRETS.values())
+
+
+def test_planted_secrets_never_reach_the_hub(tmp_path, hub):
+    """A token, secret options, URL credentials, a home and a temp path planted in every kind of file stay local."""
+    tokenizer = make_tokenizer()
+    out = tmp_path / "student"
+    model = make_llama(len(tokenizer), seed=1)
+    model.config.update({"custom_note": planted("config"), "hub_token": TOKEN, "run_dir": SECRETS["home"]})
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "train.py").write_text(f"# {planted('script')}\nHF_TOKEN = '{TOKEN}'\n")
+    (out / "notes.txt").write_text(planted("notes"))
+    (out / "wandb-metadata.json").write_text(json.dumps({"args": planted("wandb")}))
+    gen = tmp_path / "gen"
+    (gen / "data").mkdir(parents=True)
+    Dataset.from_dict({"completion": ["the cat"]}).to_parquet(str(gen / "data" / "train-00000-of-00001.parquet"))
+    (gen / "generation_args.json").write_text(
+        json.dumps({"teacher": SECRETS["home"], "num_samples": 1, "batch_size": 1, "command": planted("cmd")})
+    )
+    (gen / "README.md").write_text(f"---\nlicense: mit\n---\n{planted('dataset card')}\n")
+    (gen / "samples.jsonl").write_text(json.dumps({"text": planted("stray jsonl")}))
+    (gen / "extra.csv").write_text(f"a\n{TOKEN}\n")
+    card = ModelCard(f"---\nlicense: mit\n---\n# Card\n{planted('card')}\n")
+
+    push_distilled_student(out, "me/kd", card, dataset_dir=gen)
+    model_files = hub[3][1]["files"]
+    dataset_files = hub[1][1]["files"]
+    # the allow-lists: no script, notes, wandb file, jsonl or csv
+    assert model_files == [
+        "README.md", "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
+        "tokenizer.json", "tokenizer_config.json",
+    ]  # fmt: skip
+    assert dataset_files == ["README.md", "data/train-00000-of-00001.parquet", "generation_args.json"]
+    for upload in (hub[1][1]["at"], hub[3][1]["at"]):
+        for path in upload.rglob("*"):
+            if path.is_file() and path.suffix != ".parquet" and path.name != "model.safetensors":
+                text = path.read_text(encoding="utf-8")
+                leaked = [n for n in NEEDLES if n in text]
+                assert leaked == [] and find_leaks(text) == [], (path.name, leaked)
+    config = json.loads((hub[3][1]["at"] / "config.json").read_text())
+    assert config["hub_token"] == "<redacted>" and config["run_dir"] == "kd-7"
+    assert config["custom_note"].startswith("config: <redacted>") and "git.example.com/me/repo.git" in config["custom_note"]
+    record = json.loads((hub[1][1]["at"] / "generation_args.json").read_text())
+    assert record["teacher"] == "kd-7" and record["num_samples"] == 1
+    # sanitising did not touch what makes the model and tokenizer work
+    uploaded = AutoModelForCausalLM.from_pretrained(hub[3][1]["at"])
+    ids = torch.tensor([[2, 4, 5, 6]])
+    original = AutoModelForCausalLM.from_pretrained(out)
+    torch.testing.assert_close(uploaded(ids).logits, original(ids).logits, rtol=0, atol=0)
+    assert AutoTokenizer.from_pretrained(hub[3][1]["at"]).get_vocab() == tokenizer.get_vocab()
+
+
+def test_remote_code_named_by_auto_map_goes_up_unchanged(tmp_path):
+    """The GMM's modeling files are the only *.py allowed, and sanitising leaves them byte for byte."""
+    from hf_kd.models.gmm import GMMConfig, GMMModel
+
+    out = tmp_path / "gmm"
+    GMMConfig.register_for_auto_class()
+    GMMModel.register_for_auto_class("AutoModel")
+    GMMModel(GMMConfig(num_components=2, dim=2)).save_pretrained(out)
+    (out / "train.py").write_text(f"token = '{TOKEN}'\n")
+    code = sorted(p.name for p in out.glob("*.py") if p.name != "train.py")
+    assert code, "save_pretrained wrote no remote code"
+    files = prepare_model_folder(out, ModelCard("---\nlicense: mit\n---\n# GMM\n"), tmp_path / "up")
+    assert "train.py" not in files and set(code) <= set(files)
+    for name in code:
+        assert (tmp_path / "up" / name).read_bytes() == (out / name).read_bytes()
+
+
+def test_stray_shard_is_refused_before_a_dataset_push(tmp_path, hub, saved_student):
+    gen = tmp_path / "gen"
+    (gen / "data").mkdir(parents=True)
+    for name in ("train-00000-of-00001.parquet", "train-00000-of-00003.parquet"):
+        Dataset.from_dict({"completion": ["x"]}).to_parquet(str(gen / "data" / name))
+    (gen / "generation_args.json").write_text(json.dumps({"num_samples": 1, "batch_size": 1}))
+    with pytest.raises(ValueError, match=r"train-00000-of-00003.parquet\); remove them before pushing"):
+        push_distilled_student(saved_student, "me/kd", results(saved_student), dataset_dir=gen)
+    assert hub == []
