@@ -4,7 +4,8 @@ The upload folder is built first, from an allow-list of files: for a model the w
 adapter files, the remote-code modules its config names, and the card (no scripts, optimizer states,
 `training_args.bin`, `trainer_state.json` or checkpoints); for a dataset the parquet shards, the card and the
 generation record. Every text file in it is sanitised (`hf_kd.sanitize`: tokens, secret options and keys, URL
-credentials, local paths), vocabulary entries excepted; then it goes up through `huggingface_hub.HfApi` (`create_repo` + `upload_folder`).
+credentials, local paths), vocabulary entries excepted; then it goes up through `huggingface_hub.HfApi`
+(`create_repo` + `upload_folder`).
 [`prepare_model_folder`] and [`prepare_dataset_folder`] build the folders alone, to inspect them before pushing.
 """
 

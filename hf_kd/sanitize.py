@@ -35,9 +35,7 @@ _TOKEN = re.compile(r"(?:hf_|api_org_|sk-|gh[pousr]_)[A-Za-z0-9]{20,}")
 # the last word of an option or a key that holds a secret: token, password, secret, api key, ...
 _SECRET_WORD = r"(?:token|password|passwd|secret|api[_-]?key|access[_-]?key|auth)"
 # `--token X`, `--hub_token=X`, `--api-key X`, `--wandb-api-key=X`, `--password X` (not `--max_new_tokens`)
-_SECRET_FLAG = re.compile(
-    rf"\s*--(?:[\w-]*[_-])?{_SECRET_WORD}(?![\w-])(?:=\S*|\s+(?!-)\S+)?", re.IGNORECASE
-)
+_SECRET_FLAG = re.compile(rf"\s*--(?:[\w-]*[_-])?{_SECRET_WORD}(?![\w-])(?:=\S*|\s+(?!-)\S+)?", re.IGNORECASE)
 # `HF_TOKEN=X`, `WANDB_API_KEY=X`, `export DB_PASSWORD=X` style assignments
 _SECRET_ENV = re.compile(r"\b[A-Z_]*(?:TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)=\S*\s*")
 # credentials in a URL: `https://user:pass@host` -> `https://host`
@@ -75,7 +73,9 @@ def sanitize_text(text: str) -> str:
 def find_leaks(text: str) -> list[str]:
     """The local absolute paths and token-looking strings left in `text` (empty when it is safe to publish)."""
     found = [m.group(0) for m in _TOKEN.finditer(text)]
-    found += [m.group(0).strip() for m in _SECRET_FLAG.finditer(text) if "=" in m.group(0) or " " in m.group(0).strip()]
+    found += [
+        m.group(0).strip() for m in _SECRET_FLAG.finditer(text) if "=" in m.group(0) or " " in m.group(0).strip()
+    ]
     found += [m.group(0) for m in _URL_CREDENTIALS.finditer(text)]
     return found + [m.group(0) for m in _LOCAL_PATH.finditer(text)]
 

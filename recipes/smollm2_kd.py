@@ -27,8 +27,10 @@ from hf_kd.metrics import CausalLMAdapter, PrecisionRecallCallback, precision_re
 from hf_kd.model_card import DistillationResults, render_model_card, results_from_trainer
 from hf_kd.offline import OFFLINE_SMOLLM2, hub_name, load_causal_lm
 from hf_kd.reporting import format_table, plot_precision_recall
+from hf_kd.run_record import RUN_CONFIG_FILE, check_run_dir, write_run_config
 from hf_kd.sanitize import current_command
 from hf_kd.students import init_student
+from hf_kd.validation import check_model_path
 
 STUDENT_INIT_METHODS = {"pretrained": "pretrained", "scratch": "from_scratch", "slice": "layer_slice"}
 
@@ -76,6 +78,74 @@ class RecipeArguments:
     push_dataset_dir: str | None = field(
         default=None, metadata={"help": "With push_to_hub: also push this teacher-sample dataset (hf-kd generate)."}
     )
+    retrain: bool = field(
+        default=False,
+        metadata={"help": "Train again a student whose folder holds a run of another config (else: refuse)."},
+    )
+
+
+# Fields that do not change a student or its scores: a run that differs only in these is reused.
+_NOT_PART_OF_A_RUN = ("output_dir", "run_name", "push_to_hub", "hub_", "report_to", "logging_", "log_", "save_",
+                      "disable_tqdm", "project", "trackio_", "num_completions_to_print", "local_rank",
+                      "resume_from_checkpoint", "skip_memory_metrics", "dataloader_num_workers",
+                      "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor",
+                      "selectivities", "push_dataset_dir", "retrain")  # fmt: skip
+
+
+def run_config(recipe, training_args, model_args, selectivity: float) -> dict:
+    """What one student's run is: every recipe, training and model field that can change it, and its selectivity."""
+    fields = {**dataclasses.asdict(recipe), **training_args.to_dict(), **dataclasses.asdict(model_args)}
+    fields = {k: v for k, v in fields.items() if not k.startswith(_NOT_PART_OF_A_RUN)}
+    return {**fields, "selectivity": selectivity if training_args.target_entropy is None else None}
+
+
+def validate(recipe: RecipeArguments, training_args: DistillationConfig, model_args: ModelConfig) -> list[float]:
+    """Check the whole config before anything is loaded or trained; return the selectivities to run."""
+    if recipe.student_init not in STUDENT_INIT_METHODS:
+        raise ValueError(
+            f"student_init={recipe.student_init!r} is unknown; choose one of {tuple(STUDENT_INIT_METHODS)}."
+        )
+    if recipe.student_init == "slice" and recipe.student_num_layers is None:
+        raise ValueError("student_init='slice' needs student_num_layers (layers kept from the teacher).")
+    if recipe.student_init == "pretrained" and recipe.student_name_or_path is None:
+        raise ValueError("student_init='pretrained' needs student_name_or_path (a model id or a local path).")
+    if recipe.student_num_layers is not None and recipe.student_num_layers < 1:
+        raise ValueError(f"student_num_layers must be >= 1 (got {recipe.student_num_layers}).")
+    if recipe.student_config_overrides:
+        try:
+            overrides = json.loads(recipe.student_config_overrides)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"student_config_overrides is not valid JSON ({err.msg}); e.g. '{{\"hidden_size\": 256}}'."
+            ) from None
+        if not isinstance(overrides, dict):
+            raise ValueError(
+                'student_config_overrides must be a JSON object of config fields, e.g. {"hidden_size": 256}.'
+            )
+    for name in ("num_prompts", "eval_num_samples", "eval_max_new_tokens", "eval_batch_size",
+                 "eval_during_training_samples"):  # fmt: skip
+        value = getattr(recipe, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer (got {value!r}).")
+    check_model_path(recipe.teacher_name_or_path, "teacher_name_or_path")
+    for name in ("reference_name_or_path", "student_name_or_path"):
+        if getattr(recipe, name) is not None:
+            check_model_path(getattr(recipe, name), name)
+    if recipe.push_dataset_dir is not None and not os.path.isdir(recipe.push_dataset_dir):
+        raise ValueError(f"push_dataset_dir {recipe.push_dataset_dir!r} is not a folder; run `hf-kd generate` first.")
+    if training_args.target_entropy is not None:
+        return [1.0]
+    if not recipe.selectivities:
+        raise ValueError("selectivities is empty; give at least one teacher selectivity, e.g. [1.0, 2.0].")
+    names = [run_name(training_args, s) for s in recipe.selectivities]
+    if len(set(names)) != len(names):
+        raise ValueError(f"selectivities {recipe.selectivities} repeat a value; each one names a student folder.")
+    for selectivity in recipe.selectivities:
+        try:
+            dataclasses.replace(training_args, selectivity=selectivity)  # the config each student trains with
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"selectivities: {selectivity!r} is not usable: {err}") from None
+    return list(recipe.selectivities)
 
 
 def build_dataset(recipe: RecipeArguments) -> Dataset:
@@ -88,6 +158,10 @@ def run_name(training_args: DistillationConfig, selectivity: float) -> str:
     if training_args.target_entropy is not None:
         return f"target_entropy_{training_args.target_entropy:g}"
     return f"selectivity_{selectivity:g}"
+
+
+def _run_dir(training_args: DistillationConfig, selectivity: float) -> str:
+    return os.path.join(training_args.output_dir, run_name(training_args, selectivity))
 
 
 def distil(recipe, training_args, model_args, teacher, tokenizer, dataset, selectivity, device, callback=None):
@@ -143,6 +217,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = TrlParser((RecipeArguments, DistillationConfig, ModelConfig))
     recipe, training_args, model_args = parser.parse_args_and_config(argv)
     command = current_command() if argv is None else " ".join(["python", "recipes/smollm2_kd.py", *argv])
+    selectivities = validate(recipe, training_args, model_args)  # before the first model is loaded
+    # every student folder is checked before the first one trains: a finished run of the same config is reused,
+    # one of another config refused (or cleared with --retrain)
+    configs = {s: run_config(recipe, training_args, model_args, s) for s in selectivities}
+    same = {s: check_run_dir(_run_dir(training_args, s), configs[s], recipe.retrain) for s in selectivities}
     device = training_args.device
     teacher, tokenizer, teacher_path = load_causal_lm(recipe.teacher_name_or_path, device)
     if tokenizer.pad_token is None:
@@ -159,16 +238,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     reference_samples = reference_adapter.sample(
         recipe.eval_num_samples, generator=torch.Generator().manual_seed(training_args.seed + 1), **sample_kwargs
     )
-    selectivities = recipe.selectivities if training_args.target_entropy is None else [1.0]
     rows = []
     for selectivity in selectivities:
         name = run_name(training_args, selectivity)
-        run_dir = os.path.join(training_args.output_dir, name)
+        run_dir = _run_dir(training_args, selectivity)
         done = os.path.join(run_dir, "results.json")
-        if os.path.exists(done):  # finished and evaluated in an earlier (interrupted) invocation: reuse it
+        if same[selectivity] and os.path.exists(done):
             results = DistillationResults.from_json(done)
-            print(f"{name}: reusing {done}")
+            print(f"{name}: reusing {done} (same config, {RUN_CONFIG_FILE})")
         else:
+            write_run_config(run_dir, configs[selectivity])
             callback = PrecisionRecallCallback(
                 reference_adapter,
                 reference_samples=reference_samples,

@@ -279,7 +279,10 @@ def test_planted_secrets_never_reach_the_hub(tmp_path, hub):
                 assert leaked == [] and find_leaks(text) == [], (path.name, leaked)
     config = json.loads((hub[3][1]["at"] / "config.json").read_text())
     assert config["hub_token"] == "<redacted>" and config["run_dir"] == "kd-7"
-    assert config["custom_note"].startswith("config: <redacted>") and "git.example.com/me/repo.git" in config["custom_note"]
+    assert (
+        config["custom_note"].startswith("config: <redacted>")
+        and "git.example.com/me/repo.git" in config["custom_note"]
+    )
     record = json.loads((hub[1][1]["at"] / "generation_args.json").read_text())
     assert record["teacher"] == "kd-7" and record["num_samples"] == 1
     # sanitising did not touch what makes the model and tokenizer work

@@ -136,6 +136,19 @@ def test_recipe_end_to_end_on_tiny_models(recipe, tokenizer, tmp_path, monkeypat
     assert rerun[0]["precision"] == rows[0]["precision"] and rerun[0]["recall"] == rows[0]["recall"]
     assert (out / "selectivity_4" / "results.json").exists()
 
+    # A finished student is reused only for the same config: another one is refused before anything trains,
+    # naming what differs, and --retrain trains it again.
+    config_path.write_text(yaml.safe_dump({**config, "learning_rate": 5e-4, "push_to_hub": False}))
+    differs = r"selectivity_1 holds a run with another config \(learning_rate: 0.001 -> 0.0005\).*Pass --retrain"
+    with pytest.raises(ValueError, match=differs):
+        recipe.main(["--config", str(config_path)])
+    assert weights.stat().st_mtime_ns == stamp
+    retrained = recipe.main(["--config", str(config_path), "--retrain", "--selectivities", "1.0"])
+    assert [r["name"] for r in retrained] == ["selectivity_1"]
+    stored = json.loads((out / "selectivity_1" / "hf_kd_run_config.json").read_text())
+    assert stored["learning_rate"] == 5e-4 and stored["selectivity"] == 1.0
+    assert weights.stat().st_mtime_ns != stamp
+
 
 def test_evidence_recipe_end_to_end_and_resume(tokenizer, tmp_path, capsys):
     evidence = load_recipe("smollm2_evidence")
