@@ -2,6 +2,9 @@
 
 Each subcommand's options come from the module that does the work, so `hf-kd X --help` is always complete and the
 recipes and the CLI share one implementation.
+
+A user error (a `ValueError` or `OSError` raised by the checks of the API, or a bad option) is printed as one line,
+``hf-kd <command>: error: <what and how to fix>``, with exit status 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -10,15 +13,33 @@ import argparse
 import json
 import sys
 
+# what a user can cause and fix: printed as one line (the API raises ValueError for bad input, OSError for files)
+USER_ERRORS = (ValueError, OSError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are the one-line ``<prog>: error: <message>`` (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (got {value})")
+    return value
+
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of `hf-kd evaluate`: precision and recall of students against a reference model."""
     parser.add_argument("--student", nargs="+", required=True, help="Student model id(s) or local path(s).")
     parser.add_argument("--reference", required=True, help="Reference model p* (id or path), e.g. the teacher.")
-    parser.add_argument("--num-samples", type=int, default=256, help="Samples drawn on each side.")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="Length of each sample.")
+    parser.add_argument("--num-samples", type=positive_int, default=256, help="Samples drawn on each side.")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="Length of each sample.")
     parser.add_argument("--prompt", default=None, help="Condition samples and scores on this prompt (paper: 'The').")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--unit", choices=("auto", "token", "byte"), default="auto", help="Per-token or per-byte.")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available).")
@@ -33,7 +54,12 @@ def evaluate_from_args(args: argparse.Namespace) -> list[dict]:
     from .metrics import CausalLMAdapter, precision_recall
     from .offline import load_causal_lm
     from .reporting import format_table
+    from .validation import check_model_path, check_output_file
 
+    check_output_file(args.output, "--output")  # before the sampling and scoring, not after
+    check_model_path(args.reference, "reference")
+    for name in args.student:
+        check_model_path(name, "student")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     def adapter(name):
@@ -70,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .model_card import add_card_arguments, card_from_args
     from .simulation import add_simulation_arguments, run_from_args
 
-    parser = argparse.ArgumentParser(prog="hf-kd", description="Knowledge distillation of generative models.")
+    parser = _Parser(prog="hf-kd", description="Knowledge distillation of generative models.")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {
         "simulate": (add_simulation_arguments, run_from_args, "The paper's Gaussian-mixture study."),
@@ -81,13 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (add_arguments, run, help_text) in commands.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(sp)
+        sp.add_argument("--debug", action="store_true", help="On an error, show the full traceback.")
         sp.set_defaults(run=run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__  # one line, whatever the error's layout
+        print(f"hf-kd {args.command}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

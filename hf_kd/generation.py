@@ -538,6 +538,10 @@ def generate_from_args(args: argparse.Namespace):
     """Run `generate_distillation_dataset` from parsed `add_generate_arguments` arguments."""
     prompts = None
     if args.prompts_file:
+        if not os.path.isfile(args.prompts_file):
+            raise ValueError(
+                f"--prompts_file {args.prompts_file!r} does not exist; give a text file, one prompt a line."
+            )
         with open(args.prompts_file, encoding="utf-8") as f:
             prompts = [line.rstrip("\n") for line in f if line.strip()]
     dataset = generate_distillation_dataset(

@@ -34,6 +34,7 @@ from .sanitize import (
     sanitize_text,
     sanitize_value,
 )
+from .typecheck import check_field_types
 
 __all__ = [
     "CITATION",
@@ -185,6 +186,7 @@ class DistillationResults:
             )
         if self.selectivity in ("inf", "Infinity"):
             self.selectivity = math.inf
+        check_field_types(self, "results")  # before any use: a string `datasets` would be read letter by letter
         if self.selectivity is not None and not (isinstance(self.selectivity, (int, float)) and self.selectivity > 0):
             raise ValueError(f"selectivity must be > 0 or null (got {self.selectivity!r}); 1.0 is the plain teacher.")
         if self.target_entropy is not None:
@@ -231,13 +233,16 @@ class DistillationResults:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DistillationResults:
         """Build from a results dict (as written by `to_dict`); unknown keys raise a ValueError naming them."""
+        if not isinstance(data, dict):
+            raise ValueError(f"results must be a JSON object of fields (got a {type(data).__name__}).")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(
                 f"unknown results keys {unknown}; the schema has {sorted(names)}. Put free-form values under 'extra'."
             )
-        if data.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if isinstance(version, int) and version > SCHEMA_VERSION:
             raise ValueError(f"results schema_version {data['schema_version']} is newer than {SCHEMA_VERSION}.")
         return cls(**data)
 
@@ -253,8 +258,14 @@ class DistillationResults:
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> DistillationResults:
         """Read a results JSON written by [`to_json`]."""
+        if not os.path.isfile(path):
+            raise ValueError(f"results file {str(path)!r} does not exist; give the results JSON a recipe wrote.")
         with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{os.path.basename(path)} is not valid JSON: {err}.") from None
+        return cls.from_dict(data)
 
     def to_json(self, path: str | os.PathLike) -> str:
         """Write the results JSON (indented, UTF-8); returns the path."""

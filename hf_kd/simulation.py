@@ -395,7 +395,11 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
 def run_from_args(args: argparse.Namespace) -> SimulationResults:
     """Run the study from parsed `add_simulation_arguments` options, print the table and write JSON, CSV and PNG
     (what ``hf-kd simulate`` and ``recipes/gmm_simulation.py`` do)."""
-    results = run_simulation(config_from_args(args), progress=args.progress)
+    from .validation import check_output_dir
+
+    config = config_from_args(args)
+    check_output_dir(args.output_dir, "--output-dir")  # before the sweep, not after
+    results = run_simulation(config, progress=args.progress)
     print(results.table())
     for kind, path in save_results(results, args.output_dir).items():
         print(f"wrote {kind}: {path}")

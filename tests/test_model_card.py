@@ -292,7 +292,7 @@ def test_results_json_round_trip(tmp_path):
         ({"selectivity": 0}, "selectivity must be > 0"),
         ({"target_entropy": 1.0}, "either selectivity or target_entropy"),
         ({"precision_ci": [-1.8, -1.9]}, "low <= high"),
-        ({"recall_ci": [-3.3]}, "recall_ci must be \\[low, high\\]"),
+        ({"recall_ci": [-3.3]}, "field .recall_ci. must be a list of 2 numbers or null"),
         ({"precision": float("nan")}, "precision must be a finite number"),
         ({"num_train_steps": -1}, "num_train_steps must be a non-negative integer"),
         ({"student_init_method": "distilbert"}, "student_init_method='distilbert' is unknown"),

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..completions import left_pad, trim_at_eos
 from ..sharpening import check_selectivity
 
-__all__ = ["CausalLMAdapter", "as_generative_model", "score_token_sequences"]
+__all__ = ["CausalLMAdapter", "as_generative_model", "check_tokenizer_matches", "score_token_sequences"]
 
 
 def _unwrap(model):
@@ -140,6 +140,35 @@ def score_token_sequences(
     return totals, units
 
 
+def check_tokenizer_matches(model, tokenizer) -> None:
+    """Refuse a tokenizer that is not `model`'s: more ids than the model has rows, or another EOS id.
+
+    Scoring with another model's tokenizer gives numbers, but meaningless ones (or an index error deep in torch).
+    Only what can be read off both is compared: the vocabulary size against the output embedding, and the
+    tokenizer's EOS id against the model's config and generation config (when both are set).
+    """
+    base = _unwrap(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    rows = head.weight.shape[0] if head is not None and hasattr(head, "weight") else None
+    rows = rows or getattr(getattr(base, "config", None), "vocab_size", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {rows}: it is not this "
+            "model's tokenizer. Load both from the same checkpoint (AutoTokenizer.from_pretrained(model_path))."
+        )
+    eos = tokenizer.eos_token_id
+    model_eos = set()
+    for config in (getattr(base, "config", None), getattr(base, "generation_config", None)):
+        value = getattr(config, "eos_token_id", None)
+        model_eos |= set(value if isinstance(value, (list, tuple)) else [] if value is None else [value])
+    if eos is not None and model_eos and eos not in model_eos:
+        raise ValueError(
+            f"the tokenizer's EOS id {eos} is not the model's ({sorted(model_eos)}): it is not this model's "
+            "tokenizer. Load both from the same checkpoint, or set model.generation_config.eos_token_id if the "
+            "pairing is intended."
+        )
+
+
 class CausalLMAdapter:
     """Gives a causal language model the generative-model protocol: `sample` and `log_likelihood`.
 
@@ -169,6 +198,11 @@ class CausalLMAdapter:
     ):
         if tokenizer is None:
             raise ValueError("CausalLMAdapter needs the model's tokenizer (got None).")
+        for name, value in (("batch_size", batch_size), ("max_batch_tokens", max_batch_tokens),
+                            ("head_chunk_tokens", head_chunk_tokens)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"CausalLMAdapter {name} must be a positive integer (got {value!r}).")
+        check_tokenizer_matches(model, tokenizer)
         self.model = model
         self.tokenizer = tokenizer
         self.prompt = prompt
