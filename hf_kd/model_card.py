@@ -487,6 +487,8 @@ def render_model_card(
         "framework_versions_md": "\n".join(f"- {k}: {v}" for k, v in r.framework_versions.items()),
         "citation": CITATION,
     }
+    if template is not None and not os.path.isfile(template):
+        raise ValueError(f"card template {str(template)!r} does not exist; give a Jinja template file, or none.")
     card = ModelCard.from_template(
         card_data, template_path=str(template or template_path("model_card.md")), **sanitize_value(variables)
     )
