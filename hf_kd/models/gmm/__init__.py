@@ -7,9 +7,19 @@ so the checkpoint loads with ``AutoModel.from_pretrained(path, trust_remote_code
 from transformers import AutoConfig, AutoModel
 
 from .configuration_gmm import GMMConfig
+from .kmeans import kmeans, kmeans_plusplus
 from .modeling_gmm import GMMModel, GMMOutput, gaussian_log_prob, sharpen_log_weights
 
-__all__ = ["GMMConfig", "GMMModel", "GMMOutput", "gaussian_log_prob", "register_gmm", "sharpen_log_weights"]
+__all__ = [
+    "GMMConfig",
+    "GMMModel",
+    "GMMOutput",
+    "gaussian_log_prob",
+    "kmeans",
+    "kmeans_plusplus",
+    "register_gmm",
+    "sharpen_log_weights",
+]
 
 
 def register_gmm() -> None:

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_gmm import GMMConfig
+from .kmeans import kmeans, kmeans_plusplus
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -319,79 +320,103 @@ class GMMModel(PreTrainedModel):
         return x
 
     @torch.no_grad()
-    def init_from_data(self, x: torch.Tensor, method: str = "kmeans++", seed: int = 0) -> GMMModel:
-        """Initialise from data: pick K centres (k-means++ or uniformly at random), assign every point to its nearest
-        centre, and set weights, means and covariances from that hard assignment (one M-step).
+    def init_from_data(self, x: torch.Tensor, method: str = "kmeans", seed: int | torch.Generator = 0) -> GMMModel:
+        """Initialise from a hard clustering of the data and one M-step on it (weights, means, covariances).
 
         Args:
             x (`torch.Tensor` of shape `(N, D)`): points, ``N >= K``.
-            method (`str`): `"kmeans++"` (centres drawn with probability proportional to the squared distance to the
-                nearest centre so far) or `"random"` (K distinct points uniformly).
-            seed (`int`): seed of the draw; the result is deterministic given it.
+            method (`str`): how the K clusters are found:
+
+                - `"kmeans"` (scikit-learn's `GaussianMixture` default): Lloyd's k-means from greedy k-means++
+                  seeds, run to convergence (see [`kmeans`]).
+                - `"kmeans++"`: the k-means++ seeds only; every point joins its nearest seed.
+                - `"random"`: K distinct points drawn uniformly; every point joins its nearest one.
+            seed (`int` or `torch.Generator`): seed of the draw (or a CPU generator to draw from); the result is
+                deterministic given it.
 
         Returns:
             The model itself.
         """
         x = self._check_fit_data(x)
         k = self.config.num_components
-        gen = torch.Generator().manual_seed(seed)
-        if method == "random":
-            idx = torch.randperm(x.shape[0], generator=gen)[:k]
-        elif method == "kmeans++":
-            idx = [int(torch.randint(x.shape[0], (1,), generator=gen))]
-            sq_dist = (x - x[idx[0]]).pow(2).sum(-1)
-            for _ in range(1, k):
-                # All-zero distances (fewer distinct points than K): fall back to a uniform draw.
-                probs = sq_dist if sq_dist.sum() > 0 else torch.ones_like(sq_dist)
-                idx.append(int(torch.multinomial(probs.cpu(), 1, generator=gen)))
-                sq_dist = torch.minimum(sq_dist, (x - x[idx[-1]]).pow(2).sum(-1))
-            idx = torch.tensor(idx)
+        gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+        if method == "kmeans":
+            labels = kmeans(x, k, gen)[1]
+        elif method in ("kmeans++", "random"):
+            if method == "random":
+                idx = torch.randperm(x.shape[0], generator=gen)[:k].to(x.device)
+            else:
+                idx = kmeans_plusplus(x, k, gen)
+            labels = torch.cdist(x, x[idx]).argmin(-1)
         else:
-            raise ValueError(f"method must be 'kmeans++' or 'random' (got {method!r}).")
-        nearest = torch.cdist(x, x[idx.to(x.device)]).argmin(-1)
-        resp = torch.nn.functional.one_hot(nearest, k).to(x.dtype)
+            raise ValueError(f"method must be 'kmeans', 'kmeans++' or 'random' (got {method!r}).")
+        resp = torch.nn.functional.one_hot(labels, k).to(x.dtype)
         return self.set_parameters(*_m_step(x, resp, self.config.covariance_type, self.config.covariance_floor))
 
     @torch.no_grad()
     def fit(
-        self, x: torch.Tensor, max_iter: int = 100, tol: float = 1e-3, init: str = "kmeans++", seed: int = 0
+        self,
+        x: torch.Tensor,
+        max_iter: int = 100,
+        tol: float = 1e-3,
+        init: str = "kmeans",
+        n_init: int = 1,
+        seed: int = 0,
     ) -> GMMModel:
         """Maximum-likelihood fit by expectation-maximisation (closed form, float64, vectorised).
 
-        Each iteration computes responsibilities (E-step), then the weights, means and covariances they imply, with
-        ``config.covariance_floor`` added to the covariance diagonal (M-step); it stops when the mean log-likelihood
-        of the E-step changes by less than `tol`, as scikit-learn's `GaussianMixture` does. Sets ``n_iter_``,
-        ``converged_`` and ``lower_bound_`` (the last mean log-likelihood).
+        Run as scikit-learn's `GaussianMixture` runs it (same defaults): each iteration computes responsibilities
+        (E-step), then the weights, means and covariances they imply, with ``config.covariance_floor`` added to the
+        covariance diagonal (M-step); it stops when the mean log-likelihood of the E-step changes by less than
+        `tol`. With ``n_init > 1`` EM restarts from `n_init` initialisations (drawn in turn from one generator seeded
+        with `seed`) and keeps the one with the highest final mean log-likelihood. Sets ``n_iter_``, ``converged_``
+        and ``lower_bound_`` (the last mean log-likelihood) of the kept run.
 
         Args:
             x (`torch.Tensor` of shape `(N, D)`): training points, ``N >= K``.
-            max_iter (`int`): maximum number of EM iterations.
+            max_iter (`int`): maximum number of EM iterations per initialisation.
             tol (`float`): convergence threshold on the mean log-likelihood, in nats.
-            init (`str`): `"kmeans++"`, `"random"` (see [`~GMMModel.init_from_data`]) or `"current"` to start from
-                the present parameters.
-            seed (`int`): seed of the initialisation.
+            init (`str`): `"kmeans"`, `"kmeans++"`, `"random"` (see [`~GMMModel.init_from_data`]) or `"current"`
+                to start from the present parameters.
+            n_init (`int`): number of initialisations; 1 with ``init="current"``.
+            seed (`int`): seed of the initialisations.
 
         Returns:
             The fitted model itself.
         """
         x = self._check_fit_data(x)
-        if max_iter < 1 or not tol >= 0:
-            raise ValueError(f"fit needs max_iter >= 1 and tol >= 0 (got max_iter={max_iter}, tol={tol}).")
-        if init != "current":
-            self.init_from_data(x, method=init, seed=seed)
+        if max_iter < 1 or not tol >= 0 or n_init < 1:
+            raise ValueError(
+                f"fit needs max_iter >= 1, tol >= 0 and n_init >= 1 (got max_iter={max_iter}, tol={tol}, "
+                f"n_init={n_init})."
+            )
+        if init == "current" and n_init != 1:
+            raise ValueError("init='current' starts from the present parameters once; use n_init=1 with it.")
+        gen = torch.Generator().manual_seed(seed)
+        best = None
+        for _ in range(n_init):
+            if init != "current":
+                self.init_from_data(x, method=init, seed=gen)
+            run = self._em(x, max_iter, tol)
+            if best is None or run[0] > best[0]:
+                best = run
+        self.lower_bound_, self.n_iter_, self.converged_, params = best
+        return self.set_parameters(*params)
+
+    def _em(self, x: torch.Tensor, max_iter: int, tol: float) -> tuple[float, int, bool, tuple]:
+        """EM from the present parameters: ``(last mean log-likelihood, iterations, converged, (w, mu, cov))``."""
         kind, floor = self.config.covariance_type, self.config.covariance_floor
         log_w, means = self.log_weights.double(), self.means.double()
         log_scale = self.log_scale.double()
         tril = None if self.scale_tril is None else self.scale_tril.double()
-        previous, self.converged_ = -math.inf, False
-        for self.n_iter_ in range(1, max_iter + 1):
+        previous = -math.inf
+        for n_iter in range(1, max_iter + 1):
             joint = log_w + gaussian_log_prob(x, means, log_scale, tril)  # (N, K)
             log_norm = torch.logsumexp(joint, dim=-1, keepdim=True)
-            self.lower_bound_ = float(log_norm.mean())
+            lower_bound = float(log_norm.mean())
             weights, means, cov = _m_step(x, (joint - log_norm).exp(), kind, floor)
             log_w, (log_scale, tril) = weights.log(), _cholesky_parameters(cov, kind)
-            if abs(self.lower_bound_ - previous) < tol:
-                self.converged_ = True
-                break
-            previous = self.lower_bound_
-        return self.set_parameters(weights, means, cov)
+            if abs(lower_bound - previous) < tol:
+                return lower_bound, n_iter, True, (weights, means, cov)
+            previous = lower_bound
+        return lower_bound, max_iter, False, (weights, means, cov)
