@@ -8,14 +8,18 @@ is better), always under the TRUE p*:
 
     precision = E_{x ~ p''} log p*(x)        recall = E_{x ~ p*} log p''(x)
 
-Results are means over seeds with 95 % t-intervals. Used by ``recipes/gmm_simulation.py`` and ``hf-kd simulate``.
+Every fit is the notebook's scikit-learn `GaussianMixture` fit: EM from a k-means start, ``n_init=1``, ``tol=1e-3``,
+``reg_covar=1e-6``. Precision and recall come from `hf_kd.metrics.precision_recall` over the models' ``sample`` /
+``log_likelihood`` protocol. Per-seed values at high beta are heavy-tailed (a few seeds whose teacher puts its
+heaviest component on a broad blob), so results are means over seeds with 95 % percentile-bootstrap intervals over
+seeds (`hf_kd.metrics.bootstrap_ci`), with the medians beside them. Used by ``recipes/gmm_simulation.py`` and
+``hf-kd simulate``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import json
 import math
 import os
@@ -24,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .metrics import bootstrap_ci, precision_recall
 from .models.gmm import GMMConfig, GMMModel
 
 __all__ = [
@@ -37,30 +42,44 @@ __all__ = [
     "run_from_args",
     "run_simulation",
     "save_results",
-    "t_quantile",
+    "seed_interval",
     "true_distribution",
 ]
 
 # Seed offsets of the random streams shared by all selectivities within a seed (teacher draws, student draws).
 TEACHER_STREAM, STUDENT_STREAM = 3_571_000, 7_919_000
-COLUMNS = ("selectivity", "precision", "precision_ci", "recall", "recall_ci", "seeds_more_precise_less_recall")
+COLUMNS = (
+    "selectivity",
+    "precision",
+    "precision_low",
+    "precision_high",
+    "precision_median",
+    "recall",
+    "recall_low",
+    "recall_high",
+    "recall_median",
+    "seeds_more_precise_less_recall",
+)
 
 
 @dataclass
 class SimulationConfig:
-    """Settings of the mixture-of-Gaussians study (defaults: the paper's notebook, over 20 seeds).
+    """Settings of the mixture-of-Gaussians study (defaults: the paper's notebook, repeated over 100 seeds).
 
     Args:
         teacher_components (`int`): K', components of the teacher p'.
         student_components (`int`): K'', components of the students p'' and of the direct baseline.
         num_train_samples (`int`): n, samples of p* the teacher and the baseline are fit on.
         num_teacher_samples (`int`): samples of the sharpened teacher each student is fit on.
-        num_eval_samples (`int`): samples drawn to estimate each precision and recall.
+        num_eval_samples (`int`): samples drawn to estimate each precision and recall (fresh p* samples for recall,
+            where the notebook reuses the n training points).
         selectivities (`tuple[float, ...]`): betas of the sweep (``inf`` = the heaviest teacher component only).
         num_seeds (`int`): independent repetitions (new p* samples, teacher, students).
         seed (`int`): first seed; seeds ``seed .. seed + num_seeds - 1`` are run.
         teacher_covariance_type, student_covariance_type (`str`): ``"full"``, ``"diag"`` or ``"spherical"``.
-        max_iter (`int`), tol (`float`): EM settings of every fit.
+        max_iter (`int`), tol (`float`), n_init (`int`): EM settings of every fit (scikit-learn's defaults: each fit
+            starts from k-means; ``n_init > 1`` keeps the best of that many starts).
+        confidence (`float`), num_bootstrap (`int`): the percentile-bootstrap interval over seeds.
         output_dir (`str`, *optional*): where `save_results` writes ``gmm_simulation.{json,csv,png}``.
         plot (`bool`): also draw the PNG figure.
     """
@@ -71,12 +90,15 @@ class SimulationConfig:
     num_teacher_samples: int = 1000
     num_eval_samples: int = 10000
     selectivities: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 100.0, math.inf)
-    num_seeds: int = 20
+    num_seeds: int = 100
     seed: int = 0
     teacher_covariance_type: str = "diag"
     student_covariance_type: str = "diag"
     max_iter: int = 100
     tol: float = 1e-3
+    n_init: int = 1
+    confidence: float = 0.95
+    num_bootstrap: int = 10000
     output_dir: str | None = None
     plot: bool = True
 
@@ -90,6 +112,8 @@ class SimulationConfig:
             "num_teacher_samples": self.num_teacher_samples,
             "num_eval_samples": self.num_eval_samples,
             "num_seeds": self.num_seeds,
+            "n_init": self.n_init,
+            "max_iter": self.max_iter,
         }
         for name, value in counts.items():
             if value < 1:
@@ -102,6 +126,11 @@ class SimulationConfig:
             )
         if self.num_teacher_samples < self.student_components:
             raise ValueError("num_teacher_samples must be at least student_components.")
+        if not 0 < self.confidence < 1 or self.num_bootstrap < 10:
+            raise ValueError(
+                f"the interval over seeds needs 0 < confidence < 1 and num_bootstrap >= 10 (got {self.confidence} "
+                f"and {self.num_bootstrap}); e.g. 0.95 and 10000."
+            )
 
 
 @dataclass
@@ -118,23 +147,23 @@ class SimulationResults:
     example: dict = field(default_factory=dict, repr=False)
 
     def table(self) -> str:
-        """The summary as a Markdown table (mean +- 95 % CI half-width over seeds)."""
+        """The summary as a Markdown table: mean [percentile-bootstrap interval over seeds] and median."""
+        level = f"{self.config.confidence:.0%}"
         lines = [
-            "| student | precision E_p''[log p*] | recall E_p*[log p''] | seeds: precision up and recall down |",
-            "|---|---|---|---|",
+            f"| student | precision E_p''[log p*]: mean [{level} CI] | median | recall E_p*[log p'']: mean "
+            f"[{level} CI] | median | seeds: precision up and recall down |",
+            "|---|---|---|---|---|---|",
         ]
         for row in self.rows:
             name = "direct, p''(D)" if row["selectivity"] == "direct" else f"distilled, beta = {row['selectivity']}"
             wins = row["seeds_more_precise_less_recall"]
-            lines.append(
-                f"| {name} | {row['precision']:.2f} +- {_ci(row['precision_ci'])} | {row['recall']:.2f} +- "
-                f"{_ci(row['recall_ci'])} | {'' if wins is None else f'{wins}/{self.config.num_seeds}'} |"
-            )
+            cells = [name]
+            for side in ("precision", "recall"):
+                cells += [f"{row[side]:.2f} [{row[side + '_low']:.2f}, {row[side + '_high']:.2f}]",
+                          f"{row[side + '_median']:.2f}"]  # fmt: skip
+            cells.append("" if wins is None else f"{wins}/{self.config.num_seeds}")
+            lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
-
-
-def _ci(half_width: float | None) -> str:
-    return "n/a" if half_width is None else f"{half_width:.2g}"
 
 
 def true_distribution(dtype: torch.dtype = torch.float64) -> GMMModel:
@@ -144,53 +173,45 @@ def true_distribution(dtype: torch.dtype = torch.float64) -> GMMModel:
     return model.set_parameters(torch.full((8,), 1 / 8), grid, torch.full((8,), 0.025))
 
 
-@functools.lru_cache(maxsize=64)
-def t_quantile(q: float, df: int) -> float:
-    """Quantile of Student's t distribution, by bisection on its CDF (Simpson's rule on the density).
-
-    Args:
-        q (`float`): probability in (0.5, 1).
-        df (`int`): degrees of freedom, >= 1.
-
-    Returns:
-        `float`: t such that P(T <= t) = q.
-    """
-    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def cdf(t: float) -> float:
-        u = torch.linspace(0, t, 4001, dtype=torch.float64)  # Simpson's rule, 4000 intervals
-        pdf = torch.exp(log_norm - (df + 1) / 2 * torch.log1p(u**2 / df))
-        weights = torch.ones_like(u)
-        weights[1:-1:2], weights[2:-1:2] = 4, 2
-        return 0.5 + float((weights * pdf).sum()) * t / 12000
-
-    lo, hi = 0.0, 1.0
-    while cdf(hi) < q:
-        lo, hi = hi, 2 * hi
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
-    return (lo + hi) / 2
-
-
 def mean_confidence_interval(values: torch.Tensor, level: float = 0.95) -> tuple[float, float]:
     """Mean and t-interval half-width ``t_{(1+level)/2, S-1} * sd / sqrt(S)`` over seeds (nan when S < 2)."""
+    from scipy.stats import t
+
     values = values.double()
     mean = float(values.mean())
     if values.numel() < 2:
         return mean, math.nan
-    return mean, t_quantile((1 + level) / 2, values.numel() - 1) * float(values.std()) / math.sqrt(values.numel())
+    return mean, float(t.ppf((1 + level) / 2, values.numel() - 1)) * float(values.std()) / math.sqrt(values.numel())
+
+
+def seed_interval(values: torch.Tensor, confidence: float = 0.95, n_boot: int = 10000) -> dict[str, float]:
+    """Mean, percentile-bootstrap interval of the mean, and median of per-seed values (`hf_kd.metrics.bootstrap_ci`
+    with one unit per seed). Unlike a t-interval it follows the skew of heavy-tailed seeds.
+
+    Args:
+        values (`torch.Tensor` of shape `(S,)`): one value per seed.
+        confidence (`float`): coverage of the interval.
+        n_boot (`int`): bootstrap replicates.
+
+    Returns:
+        `dict`: ``mean``, ``low``, ``high``, ``median``.
+    """
+    values = values.double()
+    mean, (low, high) = bootstrap_ci(values, torch.ones_like(values), n_boot=n_boot, confidence=confidence)
+    return {"mean": mean, "low": low, "high": high, "median": float(values.median())}
 
 
 def _fit(data: torch.Tensor, components: int, covariance_type: str, config: SimulationConfig, seed: int) -> GMMModel:
     model = GMMModel(GMMConfig(num_components=components, dim=2, covariance_type=covariance_type)).double()
-    return model.fit(data, max_iter=config.max_iter, tol=config.tol, seed=seed)
+    return model.fit(data, max_iter=config.max_iter, tol=config.tol, n_init=config.n_init, seed=seed)
 
 
-def _scores(student: GMMModel, p_star: GMMModel, truth_eval: torch.Tensor, seed: int, n: int) -> tuple[float, float]:
-    """(precision, recall) of a student: E_{x~p''} log p*(x) and E_{x~p*} log p''(x)."""
-    student_eval = student.sample(n, selectivity=1.0, generator=torch.Generator().manual_seed(seed))
-    return float(p_star.log_prob(student_eval).mean()), float(student.log_prob(truth_eval).mean())
+def _scores(student: GMMModel, p_star: GMMModel, truth_eval: torch.Tensor, seed: int) -> tuple[float, float]:
+    """(precision, recall) of a student under the true p*, by `hf_kd.metrics.precision_recall`: the student's own
+    samples drawn from the `seed` stream, and the shared p* samples `truth_eval` (no interval: seeds give it)."""
+    n = truth_eval.shape[0]
+    scores = precision_recall(student, p_star, num_samples=n, reference_samples=truth_eval, n_boot=0, seed=seed)
+    return scores["precision"], scores["recall"]
 
 
 @torch.no_grad()
@@ -201,7 +222,7 @@ def run_simulation(config: SimulationConfig | None = None, progress: bool = True
     points), so differences between selectivities are not sampling noise between streams.
 
     Args:
-        config ([`SimulationConfig`], *optional*): settings (defaults: the paper's notebook over 20 seeds).
+        config ([`SimulationConfig`], *optional*): settings (defaults: the paper's notebook over 100 seeds).
         progress (`bool`): show a tqdm bar over seeds.
 
     Returns:
@@ -209,44 +230,53 @@ def run_simulation(config: SimulationConfig | None = None, progress: bool = True
     """
     config = config or SimulationConfig()
     p_star = true_distribution()
-    num_betas = len(config.selectivities)
-    precision = torch.empty(config.num_seeds, num_betas, dtype=torch.float64)
-    recall = torch.empty_like(precision)
-    base_precision = torch.empty(config.num_seeds, dtype=torch.float64)
-    base_recall = torch.empty_like(base_precision)
-    example = {}
-    for i in tqdm(range(config.num_seeds), desc="gmm simulation (seeds)", disable=not progress):
-        seed = config.seed + i
-        gen = torch.Generator().manual_seed(seed)
-        train = p_star.sample(config.num_train_samples, generator=gen)
-        truth_eval = p_star.sample(config.num_eval_samples, generator=gen)
-        teacher = _fit(train, config.teacher_components, config.teacher_covariance_type, config, seed)
-        baseline = _fit(train, config.student_components, config.student_covariance_type, config, seed)
-        student_seed = seed + STUDENT_STREAM
-        n_eval = config.num_eval_samples
-        base_precision[i], base_recall[i] = _scores(baseline, p_star, truth_eval, student_seed, n_eval)
-        students = []
-        for j, beta in enumerate(config.selectivities):
-            teacher_gen = torch.Generator().manual_seed(seed + TEACHER_STREAM)
-            distill_set = teacher.sample(config.num_teacher_samples, selectivity=beta, generator=teacher_gen)
-            student = _fit(distill_set, config.student_components, config.student_covariance_type, config, seed)
-            precision[i, j], recall[i, j] = _scores(student, p_star, truth_eval, student_seed, n_eval)
-            students.append(student)
-        if i == 0:
-            example = dict(p_star=p_star, train=train, teacher=teacher, baseline=baseline, students=students)
-    results = SimulationResults(config, precision, recall, base_precision, base_recall, example=example)
+    per_seed, example = [], {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # every tensor here is tiny: one thread beats two by ~10x on a busy machine
+    try:
+        for i in tqdm(range(config.num_seeds), desc="gmm simulation (seeds)", disable=not progress):
+            scores, models = _run_seed(config, p_star, config.seed + i)
+            per_seed.append(scores)
+            example = example or models
+    finally:
+        torch.set_num_threads(threads)
+    scores = torch.tensor(per_seed, dtype=torch.float64)  # (S, 1 + num_betas, 2): baseline first; precision, recall
+    results = SimulationResults(
+        config, scores[:, 1:, 0], scores[:, 1:, 1], scores[:, 0, 0], scores[:, 0, 1], example=example
+    )
     results.rows = _summary_rows(results)
     return results
 
 
+def _run_seed(config: SimulationConfig, p_star: GMMModel, seed: int) -> tuple[list, dict]:
+    """One repetition: ``[(precision, recall)]`` of the direct baseline then of each student, and the models."""
+    gen = torch.Generator().manual_seed(seed)
+    train = p_star.sample(config.num_train_samples, generator=gen)
+    truth_eval = p_star.sample(config.num_eval_samples, generator=gen)
+    teacher = _fit(train, config.teacher_components, config.teacher_covariance_type, config, seed)
+    baseline = _fit(train, config.student_components, config.student_covariance_type, config, seed)
+    student_seed = seed + STUDENT_STREAM
+    scores, students = [_scores(baseline, p_star, truth_eval, student_seed)], []
+    for beta in config.selectivities:
+        teacher_gen = torch.Generator().manual_seed(seed + TEACHER_STREAM)
+        distill_set = teacher.sample(config.num_teacher_samples, selectivity=beta, generator=teacher_gen)
+        students.append(_fit(distill_set, config.student_components, config.student_covariance_type, config, seed))
+        scores.append(_scores(students[-1], p_star, truth_eval, student_seed))
+    return scores, dict(p_star=p_star, train=train, teacher=teacher, baseline=baseline, students=students)
+
+
 def _summary_rows(results: SimulationResults) -> list[dict]:
+    config = results.config
+
     def row(label, precision, recall, wins):
-        (p, p_ci), (r, r_ci) = mean_confidence_interval(precision), mean_confidence_interval(recall)
-        values = dict(zip(COLUMNS, (label, p, p_ci, r, r_ci, wins)))
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
+        values = {"selectivity": label, "seeds_more_precise_less_recall": wins}
+        for side, per_seed in (("precision", precision), ("recall", recall)):
+            stats = seed_interval(per_seed, config.confidence, config.num_bootstrap)
+            values.update({side: stats["mean"], **{f"{side}_{k}": stats[k] for k in ("low", "high", "median")}})
+        return {k: values[k] for k in COLUMNS}
 
     rows = [row("direct", results.baseline_precision, results.baseline_recall, None)]
-    for j, beta in enumerate(results.config.selectivities):
+    for j, beta in enumerate(config.selectivities):
         more_precise = results.precision[:, j] > results.baseline_precision
         better = more_precise & (results.recall[:, j] < results.baseline_recall)
         label = "inf" if math.isinf(beta) else f"{beta:g}"
@@ -289,8 +319,8 @@ def save_results(results: SimulationResults, output_dir: str, stem: str = "gmm_s
 
 @torch.no_grad()
 def plot_simulation(results: SimulationResults, path: str) -> str:
-    """Draw the precision-recall frontier (means with 95 % CI bars) and density contours of p*, the teacher, the
-    direct baseline and every student of the first seed. Saves a PNG at `path` and returns it."""
+    """Draw the precision-recall frontier (means with their intervals over seeds) and density contours of p*, the
+    teacher, the direct baseline and every student of the first seed. Saves a PNG at `path` and returns it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -305,7 +335,7 @@ def plot_simulation(results: SimulationResults, path: str) -> str:
     _draw_frontier(ax, results.rows, colors, labels)
     ax.set_xlabel(r"recall  $E_{x\sim p^*}\,\log p''(x)$   (higher: better coverage)")
     ax.set_ylabel(r"precision  $E_{x\sim p''}\,\log p^*(x)$   (higher: better samples)")
-    ax.set_title(f"Precision-recall over {config.num_seeds} seeds (mean, 95% CI)")
+    ax.set_title(f"Precision-recall over {config.num_seeds} seeds (mean, {config.confidence:.0%} bootstrap CI)")
     ax.legend(fontsize=8, loc="lower left")
     # Zoom on the points crowded near the baseline when the sweep spans a much wider recall range.
     recalls = [r["recall"] for r in results.rows]
@@ -314,10 +344,8 @@ def plot_simulation(results: SimulationResults, path: str) -> str:
     if span > 0 and len(near) >= 3:
         inset = ax.inset_axes([0.55, 0.5, 0.42, 0.42])
         _draw_frontier(inset, results.rows, colors, labels)
-        lo = min(r["recall"] - (r["recall_ci"] or 0) for r in near)
-        hi = max(r["recall"] + (r["recall_ci"] or 0) for r in near)
-        bottom = min(r["precision"] - (r["precision_ci"] or 0) for r in near)
-        top = max(r["precision"] + (r["precision_ci"] or 0) for r in near)
+        lo, hi = min(r["recall_low"] for r in near), max(r["recall_high"] for r in near)
+        bottom, top = min(r["precision_low"] for r in near), max(r["precision_high"] for r in near)
         inset.set_xlim(lo - 0.1 * (hi - lo), hi + 0.3 * (hi - lo))  # room for the labels
         inset.set_ylim(bottom - 0.1 * (top - bottom), top + 0.1 * (top - bottom))
         inset.tick_params(labelsize=7)
@@ -351,15 +379,20 @@ def plot_simulation(results: SimulationResults, path: str) -> str:
     return path
 
 
+def _bar(row: dict, side: str) -> list[list[float]]:
+    """Asymmetric error bar ``[[mean - low], [high - mean]]`` for matplotlib."""
+    return [[row[side] - row[f"{side}_low"]], [row[f"{side}_high"] - row[side]]]
+
+
 def _draw_frontier(ax, rows: list[dict], colors, labels: list[str]) -> None:
     for row, color, label in zip(rows[1:], colors, labels):
-        ax.errorbar(row["recall"], row["precision"], xerr=row["recall_ci"], yerr=row["precision_ci"], fmt="o",
+        ax.errorbar(row["recall"], row["precision"], xerr=_bar(row, "recall"), yerr=_bar(row, "precision"), fmt="o",
                     color=color, capsize=3, label=f"distilled, beta = {label}")  # fmt: skip
         ax.annotate(f"β={label}", (row["recall"], row["precision"]), textcoords="offset points", xytext=(6, 4),
                     fontsize=7, color=color, clip_on=True)  # fmt: skip
     ax.plot([r["recall"] for r in rows[1:]], [r["precision"] for r in rows[1:]], color="0.6", zorder=0)
     base = rows[0]
-    ax.errorbar(base["recall"], base["precision"], xerr=base["recall_ci"], yerr=base["precision_ci"], fmt="*",
+    ax.errorbar(base["recall"], base["precision"], xerr=_bar(base, "recall"), yerr=_bar(base, "precision"), fmt="*",
                 color="crimson", markersize=12, capsize=3, label="direct, p''(D)")  # fmt: skip
     ax.grid(alpha=0.3)
 
@@ -380,6 +413,9 @@ def add_simulation_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
         parser.add_argument(f"--{who}-covariance-type", choices=("full", "diag", "spherical"), default="diag")
     parser.add_argument("--max-iter", type=int, default=d.max_iter, help="EM iterations.")
     parser.add_argument("--tol", type=float, default=d.tol, help="EM tolerance on the mean log-likelihood.")
+    parser.add_argument("--n-init", type=int, default=d.n_init, help="k-means starts per EM fit (keeps the best).")
+    parser.add_argument("--confidence", type=float, default=d.confidence, help="Coverage of the seed intervals.")
+    parser.add_argument("--num-bootstrap", type=int, default=d.num_bootstrap, help="Bootstrap replicates over seeds.")
     parser.add_argument("--output-dir", default="gmm_simulation_output", help="Where JSON, CSV and PNG go.")
     parser.add_argument("--no-plot", dest="plot", action="store_false", help="Skip the PNG figure.")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="Hide the progress bar.")

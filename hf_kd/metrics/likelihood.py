@@ -203,7 +203,11 @@ def score_samples(model, samples, unit: str = "token", **score_kwargs) -> tuple[
 
 
 def _side(name: str, totals, units, unit, n_boot, confidence, seed) -> dict[str, Any]:
-    mean, ci = bootstrap_ci(totals, units, n_boot=n_boot, confidence=confidence, seed=seed)
+    if n_boot == 0:  # the estimate alone, e.g. one seed of many, where the spread over seeds is the interval
+        totals, units = _check_pair(totals, units)
+        mean, ci = float(totals.sum() / units.sum()), None
+    else:
+        mean, ci = bootstrap_ci(totals, units, n_boot=n_boot, confidence=confidence, seed=seed)
     return {
         name: mean,
         f"{name}_ci": ci,
@@ -234,7 +238,8 @@ def precision(
         reference: the reference (ground-truth) model, implementing the protocol.
         unit (`str`): ``"token"`` or ``"byte"`` (see [`resolve_unit`]).
         score_kwargs (`dict`, *optional*): passed to ``reference.log_likelihood``, e.g. ``{"prompt": "The"}``.
-        n_boot, confidence, seed: bootstrap settings (see [`bootstrap_ci`]).
+        n_boot, confidence, seed: bootstrap settings (see [`bootstrap_ci`]); ``n_boot=0`` skips the interval
+            (``precision_ci`` is `None`).
 
     Returns:
         `dict`: ``precision``, ``precision_ci`` (low, high), ``precision_log_likelihood`` and ``precision_units``
@@ -298,7 +303,8 @@ def precision_recall(
             (shorthand for ``prompt`` in both `sample_kwargs` and `score_kwargs`).
         sample_kwargs (`dict`, *optional*): passed to both ``sample`` calls, e.g. ``{"max_new_tokens": 128}``.
         score_kwargs (`dict`, *optional*): passed to both ``log_likelihood`` calls, e.g. ``{"prompt": "The"}``.
-        n_boot, confidence, seed: bootstrap settings; `seed` also seeds the sampling.
+        n_boot, confidence, seed: bootstrap settings (``n_boot=0``: no intervals, ``*_ci`` are `None`); `seed`
+            also seeds the sampling.
 
     Returns:
         `dict`: ``precision``, ``recall``, ``precision_ci``, ``recall_ci`` (low, high), per-sequence arrays
