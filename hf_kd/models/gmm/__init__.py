@@ -7,7 +7,7 @@ so the checkpoint loads with ``AutoModel.from_pretrained(path, trust_remote_code
 from transformers import AutoConfig, AutoModel
 
 from .configuration_gmm import GMMConfig
-from .kmeans import kmeans, kmeans_plusplus
+from .kmeans import kmeans, kmeans_plusplus, lloyd
 from .modeling_gmm import GMMModel, GMMOutput, gaussian_log_prob, sharpen_log_weights
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "gaussian_log_prob",
     "kmeans",
     "kmeans_plusplus",
+    "lloyd",
     "register_gmm",
     "sharpen_log_weights",
 ]

@@ -11,6 +11,11 @@ import math
 import torch
 
 
+def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances `(A, B)` between rows, from direct differences (no cancellation, unlike cdist)."""
+    return (a[:, None, :] - b[None, :, :]).pow(2).sum(-1)
+
+
 def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """Indices of `k` seed points chosen by greedy k-means++ (Arthur & Vassilvitskii 2007; scikit-learn's variant).
 
@@ -33,52 +38,69 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator) -> torc
         cumulative = closest.cumsum(0)
         draws = torch.rand(num_trials, generator=generator, dtype=x.dtype).to(x.device) * cumulative[-1]
         candidates = torch.searchsorted(cumulative, draws).clamp(max=x.shape[0] - 1)  # (T,)
-        with_candidate = torch.minimum(closest, torch.cdist(x[candidates], x).pow(2))  # (T, N)
+        with_candidate = torch.minimum(closest, _sq_dist(x[candidates], x))  # (T, N)
         best = int(with_candidate.sum(-1).argmin())
         indices.append(int(candidates[best]))
         closest = with_candidate[best]
     return torch.tensor(indices, device=x.device)
 
 
-def kmeans(
-    x: torch.Tensor, k: int, generator: torch.Generator, max_iter: int = 300, tol: float = 1e-4
+def lloyd(
+    x: torch.Tensor, centres: torch.Tensor, max_iter: int = 300, tol: float = 1e-4
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means from k-means++ seeds, with scikit-learn's stopping rules and empty-cluster relocation.
+    """Lloyd's k-means from given centres, with scikit-learn's stopping rules and empty-cluster relocation.
 
     Each iteration assigns every point to its nearest centre and moves each centre to the mean of its points. It
     stops when no label changes, or when the squared centre shift summed over centres is at most
-    ``tol * mean_d Var(x[:, d])``. A centre left without points moves to the point farthest from its own centre.
+    ``tol * mean_d Var(x[:, d])``. A centre left without points takes the point farthest from its own centre.
 
     Args:
-        x (`torch.Tensor` of shape `(N, D)`): points, ``N >= k``.
-        k (`int`): number of clusters.
-        generator (`torch.Generator`): seeds the k-means++ draw.
+        x (`torch.Tensor` of shape `(N, D)`): points.
+        centres (`torch.Tensor` of shape `(k, D)`): initial centres.
         max_iter (`int`), tol (`float`): as scikit-learn's `KMeans`.
 
     Returns:
         `tuple(torch.Tensor, torch.LongTensor)`: centres `(k, D)` and the label of every point `(N,)`.
     """
-    centres = x[kmeans_plusplus(x, k, generator)]
+    k = centres.shape[0]
     threshold = tol * float(x.var(0, unbiased=False).mean())
     labels = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
     for _ in range(max_iter):
-        sq_dist = torch.cdist(x, centres).pow(2)  # (N, k)
+        sq_dist = _sq_dist(x, centres)  # (N, k)
         new_labels = sq_dist.argmin(-1)
-        one_hot = torch.nn.functional.one_hot(new_labels, k).to(x.dtype)  # (N, k)
-        counts, sums = one_hot.sum(0), one_hot.T @ x
-        empty = (counts == 0).nonzero().flatten()
-        if empty.numel():
+        counts = torch.bincount(new_labels, minlength=k).to(x.dtype)  # (k,)
+        sums = torch.zeros_like(centres).index_add_(0, new_labels, x)  # (k, D)
+        if (counts == 0).any():
             # scikit-learn's relocation: the points farthest from their centres become the empty centres.
+            empty = (counts == 0).nonzero().flatten()
             far = sq_dist.gather(1, new_labels[:, None]).squeeze(1).topk(empty.numel()).indices
             sums.index_add_(0, new_labels[far], -x[far])
             counts.index_add_(0, new_labels[far], -torch.ones_like(far, dtype=x.dtype))
             sums[empty], counts[empty] = x[far], 1.0
         new_centres = sums / counts[:, None]
-        shift = (new_centres - centres).pow(2).sum()
-        centres = new_centres
         if torch.equal(new_labels, labels):
-            return centres, labels
-        labels = new_labels
+            return new_centres, labels
+        shift = float((new_centres - centres).pow(2).sum())
+        centres, labels = new_centres, new_labels
         if shift <= threshold:
             break
-    return centres, torch.cdist(x, centres).argmin(-1)
+    return centres, _sq_dist(x, centres).argmin(-1)
+
+
+def kmeans(
+    x: torch.Tensor, k: int, generator: torch.Generator, max_iter: int = 300, tol: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means as scikit-learn's ``KMeans(k, n_init=1)``: [`lloyd`] from [`kmeans_plusplus`] seeds.
+
+    Args:
+        x (`torch.Tensor` of shape `(N, D)`): points, ``N >= k``.
+        k (`int`): number of clusters.
+        generator (`torch.Generator`): seeds the k-means++ draw.
+        max_iter (`int`), tol (`float`): see [`lloyd`].
+
+    Returns:
+        `tuple(torch.Tensor, torch.LongTensor)`: centres `(k, D)` and the label of every point `(N,)`.
+    """
+    if k == 1:  # one cluster holds every point; nothing to draw
+        return x.mean(0, keepdim=True), torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    return lloyd(x, x[kmeans_plusplus(x, k, generator)], max_iter=max_iter, tol=tol)

@@ -97,12 +97,13 @@ def _m_step(x: torch.Tensor, resp: torch.Tensor, covariance_type: str, floor: fl
     """
     counts = resp.sum(0) + 10 * torch.finfo(resp.dtype).eps  # (K,); keeps an empty component finite (as sklearn)
     means = resp.T @ x / counts[:, None]
-    diff = x[:, None, :] - means[None]  # (N, K, D)
     if covariance_type == "full":
+        diff = x[:, None, :] - means[None]  # (N, K, D)
         cov = torch.einsum("nk,nki,nkj->kij", resp, diff, diff) / counts[:, None, None]
         cov = cov + floor * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
     else:
-        cov = torch.einsum("nk,nkd->kd", resp, diff.pow(2)) / counts[:, None] + floor
+        # E[x^2] - mean^2 per axis, scikit-learn's formula: two small matmuls instead of (N, K, D) differences
+        cov = (resp.T @ (x * x)) / counts[:, None] - means.pow(2) + floor
         if covariance_type == "spherical":
             cov = cov.mean(-1)
     return counts / x.shape[0], means, cov
