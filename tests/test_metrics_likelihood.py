@@ -88,6 +88,14 @@ def test_bootstrap_ci_is_ratio_of_sums_and_validates():
         bootstrap_ci([-np.inf, 1.0], [1, 1])
 
 
+def test_no_bootstrap_gives_the_estimate_alone():
+    student, reference = gaussian_1d(0.0, 1.0), gaussian_1d(0.5, 2.0)
+    with_ci = precision_recall(student, reference, num_samples=500, n_boot=100, seed=3)
+    alone = precision_recall(student, reference, num_samples=500, n_boot=0, seed=3)
+    assert alone["precision_ci"] is None and alone["recall_ci"] is None
+    assert alone["precision"] == with_ci["precision"] and alone["recall"] == with_ci["recall"]
+
+
 def test_paired_bootstrap_is_tighter_on_shared_samples():
     rng = np.random.default_rng(1)
     shared = rng.normal(0, 3.0, size=500)  # per-sample difficulty both models share
