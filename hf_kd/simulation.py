@@ -305,7 +305,10 @@ def save_results(results: SimulationResults, output_dir: str, stem: str = "gmm_s
         "baseline_precision": results.baseline_precision.tolist(),
         "baseline_recall": results.baseline_recall.tolist(),
     }
-    payload = {"config": config, "summary": results.rows, "per_seed": per_seed, "table": results.table()}
+    c = results.config
+    interval = f"mean over {c.num_seeds} seeds, {c.confidence:.0%} percentile bootstrap ({c.num_bootstrap} resamples)"
+    payload = {"config": config, "interval": interval, "summary": results.rows, "per_seed": per_seed,
+               "table": results.table()}  # fmt: skip
     with open(paths["json"], "w") as f:
         json.dump(payload, f, indent=2, allow_nan=False)
     with open(paths["csv"], "w", newline="") as f:

@@ -5,6 +5,8 @@ import argparse
 import csv
 import json
 import math
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from hf_kd.models.gmm import GMMConfig, GMMModel
 from hf_kd.simulation import (
     STUDENT_STREAM,
     SimulationConfig,
+    _jsonable,
     add_simulation_arguments,
     config_from_args,
     mean_confidence_interval,
@@ -167,3 +170,18 @@ def test_bad_settings_raise():
         SimulationConfig(n_init=0)
     with pytest.raises(ValueError, match="confidence"):
         SimulationConfig(confidence=1.5)
+
+
+def test_readme_table_is_the_committed_run():
+    """README's GMM table is the one `python recipes/gmm_simulation.py --output-dir docs/figures` wrote, from the
+    current defaults (so a change of defaults without re-running the command fails here)."""
+    root = Path(__file__).resolve().parents[1]
+    payload = json.loads((root / "docs" / "figures" / "gmm_simulation.json").read_text())
+    defaults = {k: v for k, v in asdict(SimulationConfig()).items() if k not in ("output_dir", "plot")}
+    assert {k: payload["config"][k] for k in defaults} == {k: _jsonable(v) for k, v in defaults.items()}
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## The paper's simulation") : readme.index("## Evidence with a real language")]
+    assert "python recipes/gmm_simulation.py --output-dir docs/figures" in section
+    ours = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| d")]
+    written = [line.split("|")[1:-1] for line in payload["table"].splitlines() if line.startswith("| d")]
+    assert len(ours) == 7 and [[c.strip() for c in r] for r in ours] == [[c.strip() for c in r] for r in written]
