@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 # name -> module; quick ones first so a late failure costs least
 BENCHMARKS = {
+    "gmm_em": "bench_gmm_em",
     "losses": "bench_losses",
     "scoring": "bench_scoring",
     "generation": "bench_generation",
