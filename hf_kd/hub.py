@@ -66,13 +66,19 @@ def _matches(name: str, patterns) -> bool:
 
 
 def _remote_code_files(src: Path) -> list[str]:
-    """The modules named by config.json's `auto_map` (``"modeling_gmm.GMMModel"`` -> ``modeling_gmm.py``)."""
+    """The modules named by config.json's `auto_map` (``"modeling_gmm.GMMModel"`` -> ``modeling_gmm.py``) and the
+    sibling modules they import relatively (``from .kmeans import ...``), which transformers copies on save and
+    fetches on load with them."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
     if not (src / "config.json").is_file():
         return []
     auto_map = json.loads((src / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
     refs = [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
     names = {f"{r.rsplit('.', 1)[0]}.py" for r in refs if "--" not in r and "." in r}  # "repo--x.Y": code elsewhere
-    return sorted(n for n in names if (src / n).is_file())
+    names = {n for n in names if (src / n).is_file()}
+    names |= {Path(f).name for n in names for f in get_relative_import_files(str(src / n))}
+    return sorted(names)
 
 
 def _sanitize_file(path: Path, base_model: str | None) -> None:

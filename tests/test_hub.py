@@ -306,6 +306,7 @@ def test_remote_code_named_by_auto_map_goes_up_unchanged(tmp_path):
     assert code, "save_pretrained wrote no remote code"
     files = prepare_model_folder(out, ModelCard("---\nlicense: mit\n---\n# GMM\n"), tmp_path / "up")
     assert "train.py" not in files and set(code) <= set(files)
+    assert "kmeans.py" in files  # modeling_gmm.py imports it (`from .kmeans import`): no load without it
     for name in code:
         assert (tmp_path / "up" / name).read_bytes() == (out / name).read_bytes()
 
