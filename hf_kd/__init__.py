@@ -10,6 +10,7 @@ from .losses import LOSS_TYPES, chunked_distillation_loss, distillation_loss
 from .metrics import CausalLMAdapter, PrecisionRecallCallback, metric_path, precision_recall
 from .model_card import DistillationResults, render_model_card
 from .models.gmm import GMMConfig, GMMModel  # importing it registers the GMM with AutoConfig/AutoModel
+from .models.hmm import HMMConfig, HMMModel  # and the HMM toy language model
 from .sharpening import sharpen_logits, sharpen_weights, solve_selectivity, token_entropy
 from .simulation import SimulationConfig, run_simulation
 from .students import init_student, slice_layers
@@ -32,6 +33,8 @@ __all__ = [
     "DistillationTrainer",
     "GMMConfig",
     "GMMModel",
+    "HMMConfig",
+    "HMMModel",
     "chunked_distillation_loss",
     "distillation_loss",
     "metric_path",

@@ -33,13 +33,16 @@ def test_there_are_recipe_configs():
 
 
 def parser_for(path):
-    """evidence_*.yaml configs belong to recipes/smollm2_evidence.py, the others to recipes/smollm2_kd.py."""
+    """evidence_*.yaml configs belong to recipes/smollm2_evidence.py, miniature_*.yaml to recipes/miniature_lm.py,
+    the others to recipes/smollm2_kd.py."""
     from trl import ModelConfig, TrlParser
 
     from hf_kd import DistillationConfig
 
     if path.name.startswith("evidence_"):
         return TrlParser((load_recipe("smollm2_evidence").EvidenceArguments, DistillationConfig))
+    if path.name.startswith("miniature_"):
+        return TrlParser((load_recipe("miniature_lm").MiniatureArguments, DistillationConfig))
     return TrlParser((load_recipe().RecipeArguments, DistillationConfig, ModelConfig))
 
 

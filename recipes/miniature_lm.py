@@ -1,0 +1,319 @@
+"""The paper's three-level language-model experiment in miniature, with a known p*: both sides of the trade-off.
+
+    python recipes/miniature_lm.py --config recipes/configs/miniature_hmm.yaml
+
+p* is a hidden Markov model over 35 token ids (`hf_kd.models.hmm.long_tail_hmm`: a head and a long, learnable tail;
+its docstring says why), so log p*(x) is exact and its samples are free. As in the paper, everything is trained
+from scratch: a teacher transformer on samples of p*; for each seed and each temperature tau < 1, a student (a
+smaller transformer) on samples of the teacher at tau (`hf_kd.generate_distillation_dataset`, selectivity 1 / tau);
+and the direct student p''(D) (tau = 1 row), the same size and budget, on fresh samples of p*. All training is
+`hf_kd.DistillationTrainer` with ``completion_source="dataset"`` and the NLL loss (sequence-level KD). Precision
+E_p''[log p*] and recall E_p*[log p''] come from `hf_kd.metrics.precision_recall` (per token, the BOS prompt not
+scored), recall on one set of p* samples shared by every model, drawn apart from all training data.
+
+Per seed, the students at every tau share their initial weights (so the differences from the direct student are
+paired), and a seed changes the initial weights, the training samples and their order. The teacher is one model.
+Resumable: the teacher, every dataset and every scored student are cached under `output_dir`. Writes
+`results.json` and `precision_recall_vs_tau.png` to `results_dir`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+
+import datasets
+import torch
+from tqdm.auto import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM, PrinterCallback
+from trl import TrlParser
+
+from hf_kd import CausalLMAdapter, DistillationConfig, DistillationTrainer, precision_recall
+from hf_kd.generation import generate_distillation_dataset
+from hf_kd.metrics import compare_students
+from hf_kd.models.hmm import hmm_tokenizer, long_tail_hmm
+from hf_kd.simulation import mean_confidence_interval
+
+PROMPT = "<s>"  # every sequence is a completion of BOS
+# Seeds of the random streams, apart from each other and from the run seeds.
+TEACHER_DATA_SEED, REFERENCE_SEED, DIRECT_DATA_SEED, TEACHER_SAMPLES_SEED = 1_000_003, 987_654, 20_000, 30_000
+
+
+@dataclass
+class MiniatureArguments:
+    taus: list[float] = field(default_factory=lambda: [0.6, 0.8, 0.9, 1.0], metadata={"help": "1.0 = direct."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    p_star_seed: int = field(default=0, metadata={"help": "Seed of p*'s construction (long_tail_hmm)."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Length cap of every sample (p*, teacher, students)."})
+    teacher_hidden_size: int = 64
+    teacher_num_layers: int = 2
+    teacher_num_train_samples: int = 8000
+    teacher_num_train_epochs: float = 3.0
+    student_hidden_size: int = 48
+    student_num_layers: int = 2
+    num_train_samples: int = field(default=2000, metadata={"help": "Training sequences of every student."})
+    eval_num_samples: int = field(default=1000, metadata={"help": "Samples per side for precision and recall."})
+    generation_batch_size: int = 500
+    num_threads: int = field(
+        default=1, metadata={"help": "torch threads: one is fastest for models this small (no sync between threads)."}
+    )
+    results_dir: str = field(default="docs/evidence/miniature", metadata={"help": "Where results and figure go."})
+
+
+def transformer(vocab_size: int, hidden: int, layers: int, seed: int) -> LlamaForCausalLM:
+    """A Llama-architecture causal LM initialised from scratch with `seed` (4 heads, MLP 4x, untied head)."""
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def p_star_dataset(p_star, tokenizer, n: int, max_new_tokens: int, seed: int, path: str):
+    """`n` samples of p*, in the columns `hf_kd.generate_distillation_dataset` writes (cached at `path`)."""
+    from datasets import Dataset, load_from_disk
+
+    if os.path.exists(path):
+        return load_from_disk(path)
+    samples = p_star.sample(n, max_new_tokens=max_new_tokens, generator=torch.Generator().manual_seed(seed))
+    eos = p_star.config.eos_token_id
+    dataset = Dataset.from_dict(
+        {
+            "prompt": [PROMPT] * n,
+            "completion": tokenizer.batch_decode(samples, skip_special_tokens=True),
+            "completion_ids": samples,
+            "finished": [bool(s) and s[-1] == eos for s in samples],
+        }
+    )
+    dataset.save_to_disk(path)
+    return dataset
+
+
+def train(model, dataset, tokenizer, training_args, output_dir: str, seed: int, **overrides):
+    """Train `model` with `hf_kd.DistillationTrainer` on dataset completions with the NLL loss; return it in eval."""
+    args = dataclasses.replace(training_args, output_dir=output_dir, run_name=os.path.basename(output_dir), seed=seed,
+                               **overrides)  # fmt: skip
+    trainer = DistillationTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)  # the outer progress bar reports progress; no per-run log dicts
+    trainer.train()
+    return trainer.model.eval(), trainer.state
+
+
+def score(model, tokenizer, p_star, reference, args: MiniatureArguments, seed: int) -> dict:
+    """`precision_recall` of `model` against p* (token units), per-sequence arrays kept as lists."""
+    adapter = CausalLMAdapter(model, tokenizer, prompt=PROMPT, batch_size=args.generation_batch_size, progress=False)
+    result = precision_recall(
+        adapter, p_star, num_samples=args.eval_num_samples, reference_samples=reference,
+        sample_kwargs={"max_new_tokens": args.max_new_tokens, "return_tokens": True}, seed=seed,
+    )  # fmt: skip
+    return {k: v.tolist() if hasattr(v, "tolist") else list(v) if isinstance(v, tuple) else v
+            for k, v in result.items()}  # fmt: skip
+
+
+def interval(values: list[float]) -> dict:
+    """Mean and 95 % t-interval over seeds, as ``{"mean", "low", "high"}``."""
+    mean, half = mean_confidence_interval(torch.tensor(values, dtype=torch.float64))
+    half = 0.0 if math.isnan(half) else half
+    return {"mean": mean, "low": mean - half, "high": mean + half}
+
+
+def summarise(runs: list[dict], taus: list[float], seeds: list[int]) -> list[dict]:
+    """Per tau: precision and recall over seeds, and the paired per-seed differences from the direct student.
+
+    ``precision_vs_direct = mean_s (P(tau, s) - P(1, s))`` with a 95 % t-interval over the seeds ``s``; the same for
+    recall. The direct row's differences are zero by definition.
+    """
+    by_key = {(r["tau"], r["seed"]): r for r in runs}
+    rows = []
+    for tau in taus:
+        row = {"tau": tau, "selectivity": 1.0 / tau, "name": f"tau = {tau:g}" + (" (direct)" if tau == 1.0 else "")}
+        for key in ("precision", "recall"):
+            row[key] = interval([by_key[tau, s][key] for s in seeds])
+            diffs = [by_key[tau, s][key] - by_key[1.0, s][key] for s in seeds]
+            row[f"{key}_vs_direct"] = interval(diffs)
+            row[f"{key}_vs_direct_per_seed"] = diffs
+        row["teacher_samples_precision"] = interval([by_key[tau, s]["train_data_precision"] for s in seeds])
+        rows.append(row)
+    return rows
+
+
+def plot(rows: list[dict], teacher: dict, p_star: dict, path: str) -> None:
+    """Precision and recall against tau (means with 95 % intervals over seeds), teacher and p* as reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    taus = [r["tau"] for r in rows]
+    for ax, key, label in ((axes[0], "precision", "E_p''[log p*]"), (axes[1], "recall", "E_p*[log p'']")):
+        means = [r[key]["mean"] for r in rows]
+        errs = [[m - r[key]["low"] for m, r in zip(means, rows)], [r[key]["high"] - m for m, r in zip(means, rows)]]
+        ax.errorbar(taus, means, yerr=errs, fmt="o-", capsize=4, label="students (95 % CI over seeds)")
+        ax.axhline(teacher[key], color="C1", ls="--", label="teacher p'")
+        ax.axhline(-p_star["entropy_rate"], color="0.4", ls=":", label="p* on its own samples")
+        ax.set_xlabel("teacher temperature tau (1 = direct student)")
+        ax.set_ylabel(f"{key}: {label} per token")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Miniature LM (p* = HMM): distillation trades recall for precision")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args: MiniatureArguments, training_args: DistillationConfig, command: str) -> dict:
+    """The whole experiment (resumable); returns the results dict also written to ``results_dir/results.json``."""
+    if 1.0 not in args.taus:
+        raise ValueError(f"taus must include 1.0, the direct student the others are compared with (got {args.taus}).")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.num_threads)
+    try:
+        return _run(args, training_args, command)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: MiniatureArguments, training_args: DistillationConfig, command: str) -> dict:
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    datasets.disable_progress_bars()
+    out = training_args.output_dir
+    p_star = long_tail_hmm(seed=args.p_star_seed)
+    tokenizer = hmm_tokenizer(p_star.config)
+    vocab, cap = p_star.config.vocab_size, args.max_new_tokens
+    reference = p_star.sample(args.eval_num_samples, max_new_tokens=cap,
+                              generator=torch.Generator().manual_seed(REFERENCE_SEED))  # fmt: skip
+    totals, units = p_star.log_likelihood(reference)
+    jobs = 1 + len(args.seeds) * len(args.taus)
+    bar = tqdm(total=jobs, desc="miniature", unit="model")
+
+    teacher_dir = os.path.join(out, "teacher")
+    if os.path.exists(os.path.join(teacher_dir, "config.json")):
+        teacher = LlamaForCausalLM.from_pretrained(teacher_dir).eval()
+    else:
+        bar.set_postfix_str("teacher")
+        data = p_star_dataset(p_star, tokenizer, args.teacher_num_train_samples, cap, TEACHER_DATA_SEED,
+                              os.path.join(out, "data", "p_star_teacher"))  # fmt: skip
+        teacher = transformer(vocab, args.teacher_hidden_size, args.teacher_num_layers, seed=TEACHER_DATA_SEED)
+        teacher, _ = train(teacher, data, tokenizer, training_args, os.path.join(out, "runs", "teacher"),
+                           seed=0, num_train_epochs=args.teacher_num_train_epochs)  # fmt: skip
+        teacher.save_pretrained(teacher_dir)
+        tokenizer.save_pretrained(teacher_dir)
+    teacher_path = os.path.join(out, "teacher_scores.json")
+    if not os.path.exists(teacher_path):
+        with open(teacher_path, "w") as f:
+            json.dump(score(teacher, tokenizer, p_star, reference, args, seed=0), f)
+    with open(teacher_path) as f:
+        teacher_scores = json.load(f)
+    bar.update(1)
+
+    runs, reused = [], 0
+    for seed in args.seeds:
+        for tau in args.taus:
+            name = f"tau_{tau:g}_seed_{seed}"
+            bar.set_postfix_str(name)
+            path = os.path.join(out, "runs", name, "scores.json")
+            if os.path.exists(path):
+                reused += 1
+            else:
+                if tau == 1.0:
+                    data = p_star_dataset(p_star, tokenizer, args.num_train_samples, cap, DIRECT_DATA_SEED + seed,
+                                          os.path.join(out, "data", f"p_star_seed_{seed}"))  # fmt: skip
+                else:
+                    data = generate_distillation_dataset(
+                        teacher, tokenizer, os.path.join(out, "data", f"teacher_tau_{tau:g}_seed_{seed}"),
+                        args.num_train_samples, prompt=PROMPT, selectivity=1.0 / tau, max_new_tokens=cap,
+                        batch_size=args.generation_batch_size, seed=TEACHER_SAMPLES_SEED + seed, progress=False,
+                        command=command,
+                    )  # fmt: skip
+                student = transformer(vocab, args.student_hidden_size, args.student_num_layers, seed=seed)
+                student, state = train(student, data, tokenizer, training_args, os.path.join(out, "runs", name), seed)
+                row = {"tau": tau, "seed": seed, "num_train_steps": state.global_step}
+                row["train_loss"] = state.log_history[-1].get("train_loss")
+                data_ll, data_units = p_star.log_likelihood(data["completion_ids"])
+                row["train_data_precision"] = float(data_ll.sum() / data_units.sum())  # the teacher at tau, under p*
+                row.update(score(student, tokenizer, p_star, reference, args, seed=seed))
+                with open(path, "w") as f:
+                    json.dump(row, f)
+            with open(path) as f:
+                runs.append(json.load(f))
+            bar.update(1)
+    bar.close()
+
+    direct = {r["seed"]: r for r in runs if r["tau"] == 1.0}
+    for r in runs:  # per-seed bootstrap over sequences (recall paired on the shared reference samples)
+        if r["tau"] != 1.0:
+            diff = compare_students(_arrays(r), _arrays(direct[r["seed"]]), seed=r["seed"])
+            r["bootstrap_vs_direct"] = {k: list(v) if isinstance(v, tuple) else v for k, v in diff.items()}
+    rows = summarise(runs, args.taus, args.seeds)
+    results = {
+        "command": command,
+        "seeds": list(args.seeds),
+        "unit": "token",
+        "p_star": {
+            "model": f"hf_kd.models.hmm.long_tail_hmm(seed={args.p_star_seed})",
+            "num_states": p_star.config.num_states,
+            "vocab_size": vocab,
+            "entropy_rate": float(-totals.sum() / units.sum()),
+            "entropy_rate_note": "nats per token, -mean log p* over its own reference samples (= p*'s precision "
+            "and recall on itself): the ceiling of both scores",
+            "num_reference_samples": len(reference),
+        },
+        "teacher": {k: teacher_scores[k] for k in ("precision", "precision_ci", "recall", "recall_ci")},
+        "taus": [{k: v for k, v in row.items() if k != "name"} for row in rows],
+        "config": dataclasses.asdict(args),
+        "training": {k: getattr(training_args, k) for k in ("per_device_train_batch_size", "num_train_epochs",
+                                                            "learning_rate", "lr_scheduler_type", "warmup_steps")},
+        "timing": {"wall_s": time.perf_counter() - start_wall, "process_cpu_s": time.process_time() - start_cpu,
+                   "models_reused_from_cache": reused},
+        "runs": [{k: v for k, v in r.items() if not k.endswith(("_log_likelihood", "_units"))} for r in runs],
+    }  # fmt: skip
+    os.makedirs(args.results_dir, exist_ok=True)
+    with open(os.path.join(args.results_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    plot(rows, results["teacher"], results["p_star"], os.path.join(args.results_dir, "precision_recall_vs_tau.png"))
+    print(format_summary(results))
+    return results
+
+
+def _arrays(run: dict) -> dict:
+    keys = ("precision_log_likelihood", "precision_units", "recall_log_likelihood", "recall_units", "unit")
+    return {k: run[k] for k in keys}
+
+
+def format_summary(results: dict) -> str:
+    """A text table: per tau, precision and recall with 95 % intervals and the paired differences from direct."""
+
+    def fmt(d):
+        return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+    lines = [
+        f"p* entropy rate {results['p_star']['entropy_rate']:.3f} nats/token; teacher precision "
+        f"{results['teacher']['precision']:.3f}, recall {results['teacher']['recall']:.3f}",
+        f"{'tau':>5}  {'precision (95% CI)':>27}  {'recall (95% CI)':>27}  {'precision - direct':>27}  "
+        f"{'recall - direct':>27}",
+    ]
+    for row in results["taus"]:
+        lines.append(
+            f"{row['tau']:>5g}  {fmt(row['precision']):>27}  {fmt(row['recall']):>27}  "
+            f"{fmt(row['precision_vs_direct']):>27}  {fmt(row['recall_vs_direct']):>27}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    args, training_args = TrlParser((MiniatureArguments, DistillationConfig)).parse_args_and_config(argv)
+    return run(args, training_args, command=shlex.join(["python", "recipes/miniature_lm.py", *argv]))
+
+
+if __name__ == "__main__":
+    main()
