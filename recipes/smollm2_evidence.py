@@ -8,6 +8,13 @@ the same initialisation for every run) is trained on it with the NLL loss (seque
 steps. tau = 1 is the direct student p''(D): trained on samples of p* itself. Every student is scored against the same
 p* reference samples, drawn independently of all training data. Resumable: finished datasets and runs are reused.
 Writes `results.json`, `results.md` and `precision_recall.png` to `output_dir`.
+
+`results.json` also holds the paired comparisons with the direct student: per temperature, the per-seed differences
+(same seed, so the same initialisation and reference samples) with a 95 % t-interval over seeds, and per run the
+bootstrap over sequences of `hf_kd.metrics.compare_students` (recall paired on the shared reference samples); and p*'s
+own score on the reference samples (the ceiling of recall). ``--rescore_results PATH`` adds the paired differences
+and p*'s own score to an existing results.json without training anything (p*'s reference samples are re-drawn with
+their seed).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from trl import TrlParser
 
 from hf_kd import CausalLMAdapter, DistillationConfig, DistillationTrainer, precision_recall, slice_layers
 from hf_kd.generation import generate_distillation_dataset
+from hf_kd.metrics import bootstrap_ci, compare_students
 from hf_kd.offline import load_causal_lm
 from hf_kd.reporting import format_table, plot_precision_recall
 from hf_kd.simulation import mean_confidence_interval
@@ -40,6 +48,10 @@ class EvidenceArguments:
     student_num_layers: int = field(default=6, metadata={"help": "Layers of p* kept in the student (a slice)."})
     eval_num_samples: int = field(default=128)
     generation_batch_size: int = field(default=64)
+    rescore_results: str | None = field(
+        default=None,
+        metadata={"help": "Add paired differences and p*'s own score to this results.json; train nothing."},
+    )
 
 
 def teacher_dataset(evidence, teacher, tokenizer, temperature, seed, root):
@@ -105,7 +117,10 @@ def train_and_score(evidence, training_args, teacher, tokenizer, dataset, refere
         "seed": seed,
         "train_loss": trainer.state.log_history[-1].get("train_loss"),
         "num_train_steps": trainer.state.global_step,
-        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in scores.items() if not hasattr(v, "shape")},
+        **{
+            k: (v.tolist() if hasattr(v, "tolist") else list(v) if isinstance(v, tuple) else v)
+            for k, v in scores.items()
+        },
     }
     os.makedirs(args.output_dir, exist_ok=True)
     with open(result_path, "w") as f:
@@ -128,6 +143,54 @@ def summarise(runs: list[dict], temperatures: list[float]) -> list[dict]:
     return rows
 
 
+def paired_vs_direct(runs: list[dict], temperatures: list[float]) -> list[dict]:
+    """Per temperature tau < 1, the per-seed differences from the direct student (tau = 1, same seed).
+
+    ``mean_s (P(tau, s) - P(1, s))`` with a 95 % t-interval over seeds, for precision and recall; ``excludes_zero``
+    says whether that interval lies on one side of zero.
+    """
+    direct = {r["seed"]: r for r in runs if r["temperature"] == 1.0}
+    rows = []
+    for tau in (t for t in temperatures if t != 1.0):
+        row = {"temperature": tau}
+        for key in ("precision", "recall"):
+            diffs = [r[key] - direct[r["seed"]][key] for r in runs if r["temperature"] == tau and r["seed"] in direct]
+            mean, half = mean_confidence_interval(torch.tensor(diffs, dtype=torch.float64))
+            low, high = mean - half, mean + half
+            row[f"{key}_vs_direct"] = {"mean": mean, "low": low, "high": high, "per_seed": diffs,
+                                       "excludes_zero": bool(low > 0 or high < 0)}  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def bootstrap_vs_direct(runs: list[dict]) -> None:
+    """Add `compare_students` (run minus the direct run of its seed) to every run that kept per-sequence scores."""
+    direct = {r["seed"]: r for r in runs if r["temperature"] == 1.0}
+    for r in runs:
+        d = direct.get(r["seed"])
+        if r["temperature"] != 1.0 and d is not None and "recall_log_likelihood" in r and "recall_log_likelihood" in d:
+            diff = compare_students(r, d, seed=r["seed"])
+            r["bootstrap_vs_direct"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in diff.items()}
+
+
+def p_star_on_reference(reference, ref_samples) -> dict:
+    """p*'s own mean log-likelihood per token on its reference samples, with a bootstrap CI over sequences."""
+    totals, units = reference.log_likelihood(ref_samples)
+    mean, ci = bootstrap_ci(totals, units)
+    return {"log_likelihood_per_token": mean, "ci": list(ci), "num_samples": len(ref_samples)}
+
+
+def rescore(evidence, reference, ref_samples) -> dict:
+    """Add the paired differences and p*'s own score to an existing results.json (nothing is trained)."""
+    with open(evidence.rescore_results) as f:
+        results = json.load(f)
+    results["paired_vs_direct"] = paired_vs_direct(results["runs"], results["config"]["temperatures"])
+    results["p_star_on_reference"] = p_star_on_reference(reference, ref_samples)
+    with open(evidence.rescore_results, "w") as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     evidence, training_args = TrlParser((EvidenceArguments, DistillationConfig)).parse_args_and_config(argv)
     teacher, tokenizer, _ = load_causal_lm(evidence.model_name_or_path, training_args.device)
@@ -135,6 +198,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = training_args.output_dir
     os.makedirs(out, exist_ok=True)
     ref_samples = reference_samples(evidence, reference, os.path.join(out, "reference_samples.json"))
+    if evidence.rescore_results:
+        return rescore(evidence, reference, ref_samples)
     runs = []
     for seed in evidence.seeds:
         for tau in evidence.temperatures:
@@ -148,8 +213,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = summarise(runs, evidence.temperatures)
     table = format_table(rows, label="teacher temperature")
     print(table)
+    bootstrap_vs_direct(runs)
+    results = {"config": dataclasses.asdict(evidence), "summary": rows,
+               "paired_vs_direct": paired_vs_direct(runs, evidence.temperatures),
+               "p_star_on_reference": p_star_on_reference(reference, ref_samples), "runs": runs}  # fmt: skip
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"config": dataclasses.asdict(evidence), "summary": rows, "runs": runs}, f, indent=2)
+        json.dump(results, f, indent=2)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("Mean over seeds, 95 % t-interval over seeds:\n\n```\n" + table + "\n```\n")
     plot_precision_recall(rows, os.path.join(out, "precision_recall.png"), title="SmolLM2-135M: p'' vs temperature")

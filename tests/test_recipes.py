@@ -184,5 +184,29 @@ def test_evidence_recipe_end_to_end_and_resume(tokenizer, tmp_path, capsys):
     assert (
         f"{rows[0]['precision']:.4f}" in printed and f"{rows[0]['precision']:.4f}" in (out / "results.md").read_text()
     )
+    # Paired with the direct student over seeds (t-interval of per-seed differences) and over sequences per run.
+    (paired,) = results["paired_vs_direct"]
+    by_run = {(r["temperature"], r["seed"]): r for r in results["runs"]}
+    for key in ("precision", "recall"):
+        diffs = [by_run[0.5, s][key] - by_run[1.0, s][key] for s in (0, 1)]
+        half_width = stats.t.ppf(0.975, df=1) * stats.tstd(diffs) / 2**0.5
+        got = paired[f"{key}_vs_direct"]
+        assert [got["low"], got["mean"], got["high"]] == pytest.approx(
+            [sum(diffs) / 2 + d * half_width for d in (-1, 0, 1)]
+        )
+        assert got["excludes_zero"] == (got["low"] > 0 or got["high"] < 0)
+    tau_half = [r for r in results["runs"] if r["temperature"] == 0.5]
+    for r in tau_half:
+        assert r["bootstrap_vs_direct"]["recall_difference"] == pytest.approx(
+            r["recall"] - by_run[1.0, r["seed"]]["recall"]
+        )
+    own = results["p_star_on_reference"]
+    assert own["num_samples"] == 6 and own["ci"][0] <= own["log_likelihood_per_token"] <= own["ci"][1]
     # A second run reuses every dataset and every scored run: same numbers.
     assert evidence.main(argv) == rows
+    # --rescore_results adds the same two summaries to an existing results.json, training nothing.
+    stripped = {k: v for k, v in results.items() if k not in ("paired_vs_direct", "p_star_on_reference")}
+    (tmp_path / "old.json").write_text(json.dumps(stripped))
+    rescored = evidence.main([*argv, "--rescore_results", str(tmp_path / "old.json")])
+    assert rescored["paired_vs_direct"] == results["paired_vs_direct"]
+    assert rescored["p_star_on_reference"] == own
