@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -93,7 +94,9 @@ def p_star_dataset(p_star, tokenizer, n: int, max_new_tokens: int, seed: int, pa
             "finished": [bool(s) and s[-1] == eos for s in samples],
         }
     )
-    dataset.save_to_disk(path)
+    shutil.rmtree(f"{path}.tmp", ignore_errors=True)
+    dataset.save_to_disk(f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)  # a killed run leaves no half-written dataset to resume from
     return dataset
 
 
@@ -129,7 +132,8 @@ def summarise(runs: list[dict], taus: list[float], seeds: list[int]) -> list[dic
     """Per tau: precision and recall over seeds, and the paired per-seed differences from the direct student.
 
     ``precision_vs_direct = mean_s (P(tau, s) - P(1, s))`` with a 95 % t-interval over the seeds ``s``; the same for
-    recall. The direct row's differences are zero by definition.
+    recall. The direct row's differences are zero by definition. ``train_samples_precision``: mean log p* per token
+    of the students' training samples (the teacher at tau; p* itself for the direct student).
     """
     by_key = {(r["tau"], r["seed"]): r for r in runs}
     rows = []
@@ -140,7 +144,7 @@ def summarise(runs: list[dict], taus: list[float], seeds: list[int]) -> list[dic
             diffs = [by_key[tau, s][key] - by_key[1.0, s][key] for s in seeds]
             row[f"{key}_vs_direct"] = interval(diffs)
             row[f"{key}_vs_direct_per_seed"] = diffs
-        row["teacher_samples_precision"] = interval([by_key[tau, s]["train_data_precision"] for s in seeds])
+        row["train_samples_precision"] = interval([by_key[tau, s]["train_data_precision"] for s in seeds])
         rows.append(row)
     return rows
 
@@ -196,7 +200,7 @@ def _run(args: MiniatureArguments, training_args: DistillationConfig, command: s
     bar = tqdm(total=jobs, desc="miniature", unit="model")
 
     teacher_dir = os.path.join(out, "teacher")
-    if os.path.exists(os.path.join(teacher_dir, "config.json")):
+    if os.path.exists(os.path.join(teacher_dir, "tokenizer.json")):  # written after the weights
         teacher = LlamaForCausalLM.from_pretrained(teacher_dir).eval()
     else:
         bar.set_postfix_str("teacher")
@@ -239,7 +243,7 @@ def _run(args: MiniatureArguments, training_args: DistillationConfig, command: s
                 row = {"tau": tau, "seed": seed, "num_train_steps": state.global_step}
                 row["train_loss"] = state.log_history[-1].get("train_loss")
                 data_ll, data_units = p_star.log_likelihood(data["completion_ids"])
-                row["train_data_precision"] = float(data_ll.sum() / data_units.sum())  # the teacher at tau, under p*
+                row["train_data_precision"] = float(data_ll.sum() / data_units.sum())  # training samples under p*
                 row.update(score(student, tokenizer, p_star, reference, args, seed=seed))
                 with open(path, "w") as f:
                     json.dump(row, f)

@@ -39,3 +39,56 @@ def test_readme_quick_start_runs(tokenizer, tmp_path):
     assert scores["precision_ci"][0] <= scores["precision"] <= scores["precision_ci"][1]
     assert scores["recall_ci"][0] <= scores["recall"] <= scores["recall_ci"][1]
     assert namespace["trainer"].state.global_step == 2
+
+
+def evidence_section() -> str:
+    text = README.read_text()
+    start = text.index("## Evidence")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def _interval(d: dict, signed: bool) -> str:
+    f = "+.3f" if signed else ".3f"
+    return f"{d['mean']:{f}} [{d['low']:{f}}, {d['high']:{f}}]"
+
+
+def test_readme_miniature_evidence_quotes_the_committed_results():
+    import json
+
+    results = json.loads((README.parent / "docs/evidence/miniature/results.json").read_text())
+    section = evidence_section()
+    for row in results["taus"]:
+        direct = row["tau"] == 1.0
+        cells = [
+            f"{row['tau']:g}" + (" (direct)" if direct else ""),
+            _interval(row["precision"], signed=False),
+            _interval(row["recall"], signed=False),
+            "0" if direct else _interval(row["precision_vs_direct"], signed=True),
+            "0" if direct else _interval(row["recall_vs_direct"], signed=True),
+            f"{row['train_samples_precision']['mean']:.3f}",
+        ]
+        assert "| " + " | ".join(cells) + " |" in section, f"README's miniature row for tau={row['tau']} is stale"
+        if not direct:  # "every paired interval excludes zero"
+            assert row["precision_vs_direct"]["low"] > 0 and row["recall_vs_direct"]["high"] < 0
+    assert f"{results['p_star']['entropy_rate']:.3f}" in section
+    teacher = results["teacher"]
+    for key in ("precision", "recall"):
+        low, high = teacher[f"{key}_ci"]
+        assert f"**{teacher[key]:.3f}** [{low:.3f}, {high:.3f}]" in section
+
+
+def test_readme_smollm2_evidence_quotes_the_committed_paired_differences():
+    import json
+
+    results = json.loads((README.parent / "docs/evidence/results.json").read_text())
+    section = evidence_section()
+    for row in results["paired_vs_direct"]:
+        cells = [f"{row['temperature']:g}"]
+        for key in ("precision", "recall"):
+            d = row[f"{key}_vs_direct"]
+            cells.append(_interval(d, signed=True) + (", excludes zero" if d["excludes_zero"] else ", includes zero"))
+        assert "| " + " | ".join(cells) + " |" in section, (
+            f"README's SmolLM2 row for tau={row['temperature']} is stale"
+        )
+    own = results["p_star_on_reference"]["log_likelihood_per_token"]
+    assert f"{own:.2f}" in section
