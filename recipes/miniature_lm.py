@@ -267,8 +267,9 @@ def _run(args: MiniatureArguments, training_args: DistillationConfig, command: s
             "num_states": p_star.config.num_states,
             "vocab_size": vocab,
             "entropy_rate": float(-totals.sum() / units.sum()),
-            "entropy_rate_note": "nats per token, -mean log p* over its own reference samples (= p*'s precision "
-            "and recall on itself): the ceiling of both scores",
+            "entropy_rate_note": "nats per token, -mean log p* over its own reference samples (p*'s precision and "
+            "recall on itself); in expectation no model's recall exceeds -entropy_rate (Gibbs), a sharpened model's "
+            "precision can",
             "num_reference_samples": len(reference),
         },
         "teacher": {k: teacher_scores[k] for k in ("precision", "precision_ci", "recall", "recall_ci")},
