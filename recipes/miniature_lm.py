@@ -13,7 +13,9 @@ scored), recall on one set of p* samples shared by every model, drawn apart from
 
 Per seed, the students at every tau share their initial weights (so the differences from the direct student are
 paired), and a seed changes the initial weights, the training samples and their order. The teacher is one model.
-Resumable: the teacher, every dataset and every scored student are cached under `output_dir`. Writes
+Resumable: the teacher, every dataset and every scored student are cached under `output_dir`, which records the config
+it was made with (`hf_kd.run_record`): a rerun with another config is refused (or, with ``--retrain``, starts over)
+rather than mixing two experiments; `taus` and `seeds` may change (runs are cached one by one). Writes
 `results.json` and `precision_recall_vs_tau.png` to `results_dir`.
 """
 
@@ -39,11 +41,19 @@ from hf_kd import CausalLMAdapter, DistillationConfig, DistillationTrainer, prec
 from hf_kd.generation import generate_distillation_dataset
 from hf_kd.metrics import compare_students
 from hf_kd.models.hmm import hmm_tokenizer, long_tail_hmm
+from hf_kd.run_record import check_run_dir, write_run_config
 from hf_kd.simulation import mean_confidence_interval
 
 PROMPT = "<s>"  # every sequence is a completion of BOS
 # Seeds of the random streams, apart from each other and from the run seeds.
 TEACHER_DATA_SEED, REFERENCE_SEED, DIRECT_DATA_SEED, TEACHER_SAMPLES_SEED = 1_000_003, 987_654, 20_000, 30_000
+# What the cached models and datasets depend on: everything but the selection of runs and where results go.
+NOT_IDENTITY = ("taus", "seeds", "results_dir", "retrain")
+TRAINING_IDENTITY = (
+    "completion_source", "loss_type", "max_completion_length", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "num_train_epochs", "max_steps", "learning_rate", "lr_scheduler_type",
+    "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2", "max_grad_norm", "optim",
+)  # fmt: skip
 
 
 @dataclass
@@ -65,6 +75,9 @@ class MiniatureArguments:
         default=1, metadata={"help": "torch threads: one is fastest for models this small (no sync between threads)."}
     )
     results_dir: str = field(default="docs/evidence/miniature", metadata={"help": "Where results and figure go."})
+    retrain: bool = field(
+        default=False, metadata={"help": "Clear an output_dir made with another config instead of refusing it."}
+    )
 
 
 def transformer(vocab_size: int, hidden: int, layers: int, seed: int) -> LlamaForCausalLM:
@@ -190,6 +203,10 @@ def _run(args: MiniatureArguments, training_args: DistillationConfig, command: s
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     datasets.disable_progress_bars()
     out = training_args.output_dir
+    identity = {k: v for k, v in dataclasses.asdict(args).items() if k not in NOT_IDENTITY}
+    identity.update({k: getattr(training_args, k) for k in TRAINING_IDENTITY})
+    check_run_dir(out, identity, retrain=args.retrain)  # refuses a folder of another config before any work
+    write_run_config(out, identity)
     p_star = long_tail_hmm(seed=args.p_star_seed)
     tokenizer = hmm_tokenizer(p_star.config)
     vocab, cap = p_star.config.vocab_size, args.max_new_tokens

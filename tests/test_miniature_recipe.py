@@ -71,6 +71,9 @@ def test_miniature_pipeline_end_to_end_and_resume(tmp_path):
     again = recipe.main(argv)
     assert again["timing"]["models_reused_from_cache"] == 4
     assert again["taus"] == results["taus"] and again["teacher"] == results["teacher"]
+    # Another config in the same output_dir is refused before any work, naming what differs.
+    with pytest.raises(ValueError, match=r"another config \(learning_rate: 0.001 -> 0.002\).*--retrain"):
+        recipe.main([*argv, "--learning_rate", "2e-3"])
 
 
 def test_miniature_refuses_a_sweep_without_the_direct_student(tmp_path):
