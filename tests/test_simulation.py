@@ -180,7 +180,7 @@ def test_readme_table_is_the_committed_run():
     defaults = {k: v for k, v in asdict(SimulationConfig()).items() if k not in ("output_dir", "plot")}
     assert {k: payload["config"][k] for k in defaults} == {k: _jsonable(v) for k, v in defaults.items()}
     readme = (root / "README.md").read_text()
-    section = readme[readme.index("## The paper's simulation") : readme.index("## Evidence with a real language")]
+    section = readme[readme.index("## The paper's simulation") : readme.index("## Evidence")]
     assert "python recipes/gmm_simulation.py --output-dir docs/figures" in section
     ours = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| d")]
     written = [line.split("|")[1:-1] for line in payload["table"].splitlines() if line.startswith("| d")]
