@@ -117,21 +117,24 @@ def sample_completions(
     pad_token_id: int,
     eos_token_ids: list[int],
     selectivity: float = 1.0,
+    temperature: float = 1.0,
     target_entropy: float | None = None,
     per_token: bool = False,
 ) -> list[list[int]]:
     """Sample completions from `model` (the teacher) sharpened by `selectivity` or to a `target_entropy`.
 
-    Sampling temperature is ``1 / selectivity`` (``selectivity = inf``: greedy decoding); with `target_entropy` the
-    temperature is 1 and an `EntropyTargetLogitsProcessor` solves beta at every step. Other sampling settings of
-    `generation_config` (top-k, top-p, ...) are kept; their defaults leave the sharpened distribution untouched.
+    Sampling temperature is ``temperature / selectivity`` (``selectivity = inf``: greedy decoding); with
+    `target_entropy` the temperature is 1 (beta absorbs any) and an `EntropyTargetLogitsProcessor` solves beta at
+    every step. Other sampling settings of `generation_config` (top-k, top-p, ...) are kept; their defaults leave
+    the sharpened distribution untouched.
 
     Args:
         model (`PreTrainedModel`): the model that samples (unwrapped, in eval mode).
         prompt_ids (`list[list[int]]`): tokenized prompts, unpadded.
         generation_config (`GenerationConfig`): base configuration (max_new_tokens, eos, ...); it is not modified.
         pad_token_id (`int`), eos_token_ids (`list[int]`): padding id and the ids that end a completion.
-        selectivity (`float`): beta > 0 (or ``inf``).
+        selectivity (`float`): beta > 0 (or ``inf``), on top of `temperature`.
+        temperature (`float`): the trainer's softmax temperature (TRL's `temperature`).
         target_entropy (`float`, *optional*): nats per token; replaces `selectivity`.
         per_token (`bool`): with `target_entropy`, one beta per row and step.
 
@@ -149,7 +152,7 @@ def sample_completions(
     elif math.isinf(selectivity):
         config.do_sample, config.temperature = False, 1.0
     else:
-        config.temperature = 1.0 / selectivity
+        config.temperature = temperature / selectivity
     was_training = model.training
     model.eval()
     with torch.no_grad():

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
 import torch
 import trl
-from transformers import PreTrainedModel
+from trl.models.utils import unwrap_model_for_generation
 
 from .completions import dataset_completion_ids, draw_source, sample_completions, tokenize_completions
 from .distillation_config import DistillationConfig
-from .losses import chunked_distillation_loss, default_chunk_size
+from .lm_heads import head_weight_and_bias, logit_postprocessing
+from .losses import chunked_distillation_loss, default_chunk_size, logit_postprocess
+from .resume import EpochSeededRepeatSampler, last_complete_checkpoint
 from .sharpening import entropy_from_log_probs, solve_selectivity, token_entropy
 from .topk import chunked_topk_distillation_loss, topk_teacher_log_probs
+from .trainer_checks import check_datasets, check_teacher_tokenizer, column_names, iter_datasets
 
 __all__ = ["DistillationTrainer"]
 
@@ -22,42 +26,31 @@ _TEACHER_STATS = ("teacher_entropy", "teacher_entropy_sharpened", "selectivity")
 # Written by hf_kd.generation: the sampled ids (used as they are), whether the teacher stopped, its stored top-k.
 COMPLETION_IDS_COLUMN, FINISHED_COLUMN = "completion_ids", "finished"
 TOPK_COLUMNS = ("topk_ids", "topk_logprobs")
-# Logit post-processing TRL's kernel applies and our loss does not: refuse such models rather than train wrongly.
-_UNSUPPORTED_LOGIT_ATTRS = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
-
-
-def _column_names(dataset) -> list[str] | None:
-    names = getattr(dataset, "column_names", None)
-    if names is None and getattr(dataset, "features", None) is not None:
-        names = list(dataset.features)
-    return names
-
-
-def _datasets(train_dataset, eval_dataset):
-    """(split name, dataset) pairs, eval dicts flattened, Nones dropped."""
-    for split, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-        for ds in dataset.values() if isinstance(dataset, dict) else [dataset]:
-            if ds is not None:
-                yield split, ds
+# The multimodal inputs TRL's `_compute_loss` forwards to both backbones (VLMs); text-only batches have none.
+MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "spatial_shapes", "image_sizes",
+                   "token_type_ids", "mm_token_type_ids", "image_position_ids")  # fmt: skip
 
 
 def _has_topk(train_dataset, eval_dataset) -> bool:
     """Whether every given dataset stores the teacher's top-k log-probs (store_topk=K in hf_kd.generation)."""
-    found = [_column_names(ds) for _, ds in _datasets(train_dataset, eval_dataset)]
+    found = [column_names(ds) for _, ds in iter_datasets(train_dataset, eval_dataset)]
     return bool(found) and all(names is not None and set(TOPK_COLUMNS) <= set(names) for names in found)
 
 
-def _check_logit_postprocessing(model) -> None:
-    if not isinstance(model, PreTrainedModel):
-        return
-    config = model.config.get_text_config()
-    for attr in _UNSUPPORTED_LOGIT_ATTRS + ("final_logit_softcapping",):
-        value = getattr(config, attr, None)
-        if value is not None and not (attr in _UNSUPPORTED_LOGIT_ATTRS and value == 1):
-            raise ValueError(
-                f"{type(model).__name__} sets config.{attr}={value}; hf_kd's chunked losses project hidden states "
-                "with the plain lm_head and would ignore it. Use trl.DistillationTrainer for this model family."
-            )
+def _as_hf_kd_config(args) -> DistillationConfig:
+    """`args` as an hf_kd config: a plain `trl.DistillationConfig` keeps its values, hf_kd's fields their defaults."""
+    if isinstance(args, DistillationConfig):
+        return args
+    if isinstance(args, trl.DistillationConfig):
+        return DistillationConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init})
+    raise ValueError(
+        f"args must be an hf_kd.DistillationConfig or a trl.DistillationConfig (got {type(args).__name__}); build "
+        "one with hf_kd.DistillationConfig(output_dir, ...)."
+    )
+
+
+def _vocab_size(model) -> int:
+    return model.get_output_embeddings().weight.shape[0]
 
 
 class DistillationTrainer(trl.DistillationTrainer):
@@ -66,8 +59,9 @@ class DistillationTrainer(trl.DistillationTrainer):
 
     Extends [`trl.DistillationTrainer`] (same arguments) with, from [`hf_kd.DistillationConfig`]:
 
-    - **teacher-only sharpening**: the teacher's next-token distribution is ``softmax(selectivity * z)``, in the loss
-      and when the teacher samples; or beta is solved for a `target_entropy` (per batch or per token);
+    - **teacher sharpening**: with TRL's `temperature` T (both sides, as in TRL), the teacher's next-token
+      distribution is ``softmax(selectivity * z / T)``, in the loss and when the teacher samples; or `selectivity` is
+      solved for a `target_entropy` (per batch or per token). At `selectivity=1` the loss is TRL's;
     - **completion sources**: `"student"` (on-policy), `"teacher"` (the sharpened teacher samples: online
       sequence-level KD), `"dataset"` (the `completion` column) or a mixture drawn identically on every rank;
     - **losses**: `"nll"` (no teacher forward), forward/reverse KL, generalized JSD, skew KLs, TVD, all computed in
@@ -93,6 +87,13 @@ class DistillationTrainer(trl.DistillationTrainer):
     >>> trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset)
     >>> trainer.train()
     ```
+
+    As a drop-in for [`trl.DistillationTrainer`]: a `trl.DistillationConfig` is accepted (hf_kd's fields at their
+    defaults), models may be given as instances, paths or PeftModels, VLM batches keep their images, and models that
+    post-process their logits (``logit_scale``, ``final_logit_softcapping``, ...) are handled as TRL handles them.
+    Resuming is exact across epochs (the shuffle of each epoch depends on (seed, epoch) only), and
+    ``train(resume_from_checkpoint=True)`` skips a half-written last checkpoint. Saved checkpoints, `save_model`
+    and `push_to_hub` write hf_kd's model card.
     """
 
     _tag_names = ["trl", "distillation", "hf_kd"]
@@ -114,11 +115,7 @@ class DistillationTrainer(trl.DistillationTrainer):
         if args is None:
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
             args = DistillationConfig(f"{str(name).rstrip('/').split('/')[-1] or 'model'}-hf_kd")
-        if not isinstance(args, DistillationConfig):
-            raise ValueError(
-                f"args must be an hf_kd.DistillationConfig (got {type(args).__name__}); it carries selectivity, "
-                "completion_source and loss_type. Build one with hf_kd.DistillationConfig(output_dir, ...)."
-            )
+        args = _as_hf_kd_config(args)
         sources = args.source_probabilities()
         use_topk = sources.get("dataset", 0) > 0 and args.loss_type != "nll" and _has_topk(train_dataset, eval_dataset)
         offline = set(sources) == {"dataset"} and (args.loss_type == "nll" or use_topk)
@@ -129,17 +126,19 @@ class DistillationTrainer(trl.DistillationTrainer):
                 "KL-family loss on a dataset that stores the teacher's top-k log-probs (columns "
                 f"{list(TOPK_COLUMNS)}, written by hf_kd.generate_distillation_dataset(..., store_topk=K))."
             )
-        if use_topk and args.topk_tail == "bucket" and (args.selectivity != 1 or args.target_entropy is not None):
+        sharpened = args.selectivity != args.temperature or args.target_entropy is not None
+        if use_topk and args.topk_tail == "bucket" and sharpened:
             raise ValueError(
-                "the dataset stores the teacher's top-k log-probs and topk_tail='bucket' cannot sharpen them (the "
-                "tail's inner shape is unknown); set topk_tail='renormalize' to sharpen on the top-k support, or "
-                "keep selectivity=1 and sample the dataset at the selectivity you want."
+                "the dataset stores the teacher's top-k log-probs and topk_tail='bucket' cannot sharpen or temper "
+                f"them (the tail's inner shape is unknown; selectivity={args.selectivity}, temperature="
+                f"{args.temperature}); set topk_tail='renormalize' to do it on the top-k support, or keep "
+                "selectivity / temperature = 1 and sample the dataset at the selectivity you want."
             )
         if tools and set(sources) != {"student"}:
             raise ValueError("tools are only supported with completion_source='student' (multi-turn generation).")
         if sources.get("dataset", 0) > 0:
-            for split, ds in _datasets(train_dataset, eval_dataset):
-                names = _column_names(ds)
+            for split, ds in iter_datasets(train_dataset, eval_dataset):
+                names = column_names(ds)
                 if names is not None and not {COMPLETION_COLUMN, COMPLETION_IDS_COLUMN} & set(names):
                     raise ValueError(
                         f"completion_source={args.completion_source!r} reads completions from a "
@@ -147,17 +146,7 @@ class DistillationTrainer(trl.DistillationTrainer):
                         "Add the column (e.g. dataset.rename_column('response', 'completion')) or use another "
                         "completion_source."
                     )
-        if isinstance(model, PreTrainedModel) and isinstance(teacher_model, PreTrainedModel):
-            v_s = model.config.get_text_config().vocab_size
-            v_t = teacher_model.config.get_text_config().vocab_size
-            if v_s != v_t:
-                raise ValueError(
-                    f"student vocab_size {v_s} != teacher vocab_size {v_t}: distillation needs a shared tokenizer and "
-                    "vocabulary. Use a teacher and student from the same family, or resize one model's embeddings "
-                    "with model.resize_token_embeddings(len(tokenizer)) after aligning the tokenizers."
-                )
-        for m in (model, teacher_model):
-            _check_logit_postprocessing(m)
+        check_datasets(train_dataset, eval_dataset, None, reads_dataset_completions=False)  # before TRL reads them
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         if tokenizer is not None and tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
@@ -181,7 +170,22 @@ class DistillationTrainer(trl.DistillationTrainer):
             peft_config=peft_config,
             tools=tools,
         )
-        vocab = self.model.config.get_text_config().vocab_size
+        # Checked on the models TRL built, whether they were given as instances, paths or PeftModels.
+        vocab = _vocab_size(self.model)
+        if self.teacher_model is not None and _vocab_size(self.teacher_model) != vocab:
+            raise ValueError(
+                f"student vocab_size {vocab} != teacher vocab_size {_vocab_size(self.teacher_model)}: distillation "
+                "needs a shared tokenizer and vocabulary. Use a teacher and student from the same family, or resize "
+                "one model's embeddings with model.resize_token_embeddings(len(tokenizer)) after aligning tokenizers."
+            )
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        check_datasets(train_dataset, eval_dataset, tokenizer, reads_dataset_completions=sources.get("dataset", 0) > 0)
+        check_teacher_tokenizer(teacher_model, tokenizer)
+        if self._is_vlm and sources.get("teacher", 0) > 0:
+            raise ValueError(
+                "completion_source='teacher' does not pass images to the teacher's generate yet; with a vision-"
+                "language model use completion_source='student' or 'dataset'."
+            )
         if args.target_entropy is not None and args.target_entropy >= math.log(vocab):
             raise ValueError(
                 f"target_entropy={args.target_entropy} nats is unreachable: with a vocabulary of {vocab} the entropy "
@@ -198,6 +202,40 @@ class DistillationTrainer(trl.DistillationTrainer):
         super()._set_signature_columns_if_needed()
         extra = [COMPLETION_COLUMN, COMPLETION_IDS_COLUMN, FINISHED_COLUMN, *TOPK_COLUMNS]
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *extra]))
+
+    def _get_train_sampler(self, dataset=None):
+        # TRL's sampler, with each epoch's shuffle drawn from (seed, epoch): a resume in any epoch sees that epoch.
+        s = super()._get_train_sampler(dataset)
+        return EpochSeededRepeatSampler(
+            data_source=s.data_source, mini_repeat_count=s.mini_repeat_count, batch_size=s.batch_size,
+            repeat_count=s.repeat_count, shuffle=s.shuffle, seed=s.seed,
+        )  # fmt: skip
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """`transformers.Trainer.train`; `resume_from_checkpoint=True` takes the newest *complete* checkpoint, skipping
+        (with a warning) one left half-written by a killed run, and starts afresh when there is none."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None, **kwargs):
+        """Write hf_kd's model card (`hf_kd.model_card`) to ``output_dir/README.md``: called by `save_model`,
+        checkpoints and `push_to_hub` in place of TRL's. Precision and recall are included when a
+        `hf_kd.PrecisionRecallCallback` of this trainer has measured them."""
+        from .model_card import results_from_trainer, write_trainer_model_card
+
+        overrides = {"model_name": model_name} if model_name else {}
+        if dataset_name:
+            overrides["datasets"] = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name)
+        if kwargs.get("license"):
+            overrides["license"] = kwargs["license"]
+        results = results_from_trainer(self, **overrides)
+        for callback in self.callback_handler.callbacks:
+            measured = getattr(callback, "last_result", None)
+            if type(callback).__name__ == "PrecisionRecallCallback" and measured:
+                results = results.with_precision_recall(measured, getattr(callback.reference, "name", None))
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        write_trainer_model_card(self, results=results, tags=list(dict.fromkeys([*self._tag_names, *tags])))
 
     # ----------------------------------------------------------------------------------------------- completions
     def _generate_and_score_completions(self, inputs):
@@ -258,16 +296,21 @@ class DistillationTrainer(trl.DistillationTrainer):
                 chat_template_kwargs=self.chat_template_kwargs,
             )
         if self._source == "teacher":
-            return sample_completions(
-                self.accelerator.unwrap_model(self.teacher_model),
-                prompt_ids,
-                self.generation_config,
-                pad_token_id=self._tokenizer.pad_token_id,
-                eos_token_ids=self.eos_token_ids,
-                selectivity=self.args.selectivity,
-                target_entropy=self.args.target_entropy,
-                per_token=self.args.per_token_selectivity,
-            )
+            # Gathered once for the whole generate under ZeRO-3 (TRL's `ds3_gather_for_generation`), not per token.
+            with unwrap_model_for_generation(
+                self.teacher_model, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
+            ) as teacher:
+                return sample_completions(
+                    teacher,
+                    prompt_ids,
+                    self.generation_config,
+                    pad_token_id=self._tokenizer.pad_token_id,
+                    eos_token_ids=self.eos_token_ids,
+                    selectivity=self.args.selectivity,
+                    temperature=self.temperature,
+                    target_entropy=self.args.target_entropy,
+                    per_token=self.args.per_token_selectivity,
+                )
         return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
 
     # ------------------------------------------------------------------------------------------------------ loss
@@ -290,37 +333,46 @@ class DistillationTrainer(trl.DistillationTrainer):
         loss_mask = inputs["completion_mask"]
         if "tool_mask" in inputs:
             loss_mask = loss_mask * inputs["tool_mask"]
-        valid = loss_mask.bool()
         logits_to_keep = inputs["completion_ids"].size(1)
+        multimodal = {k: inputs[k] for k in MULTIMODAL_KEYS if k in inputs}  # images reach both backbones
 
         student_head = unwrapped_student.get_output_embeddings()
-        h_s = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep)
-        h_s = h_s.to(student_head.weight.device)[valid.to(student_head.weight.device)]  # (N, H): scored tokens only
+        device = student_head.weight.device
+        valid = loss_mask.bool().to(device)
+        h_s = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep, **multimodal)
+        h_s = h_s.to(device)[valid]  # (N, H): scored tokens only
+        w_s, b_s = head_weight_and_bias(student_head, h_s.dtype)
+        post_s = logit_postprocessing(unwrapped_student)
         common = dict(
             temperature=self.temperature,
             jsd_beta=self.beta,
             skew_alpha=args.skew_alpha,
             num_items_in_batch=num_items_in_batch,
-            student_bias=student_head.bias,
+            student_bias=b_s,
             chunk_size=args.loss_chunk_size,
+            student_logit_scale=post_s["scale"],
+            student_final_logit_softcapping=post_s["softcap"],
         )
         stats = {}  # summed entropies, filled by the loss from the log-probs it computes anyway
         if args.loss_type == "nll":
-            labels = inputs["completion_ids"][valid].to(h_s.device)
-            loss = chunked_distillation_loss(
-                h_s, student_head.weight, loss_type="nll", labels=labels, stats=stats, **common
-            )
+            labels = inputs["completion_ids"].to(device)[valid]
+            loss = chunked_distillation_loss(h_s, w_s, loss_type="nll", labels=labels, stats=stats, **common)
         elif TOPK_COLUMNS[0] in inputs:  # the dataset's stored teacher top-k replaces the live teacher
-            top_ids, top_lp = (inputs[c].to(h_s.device)[valid.to(h_s.device)] for c in TOPK_COLUMNS)
+            top_ids, top_lp = (inputs[c].to(device)[valid] for c in TOPK_COLUMNS)
             beta = self._topk_selectivity(top_lp)
             loss = chunked_topk_distillation_loss(
-                h_s, student_head.weight, top_ids, top_lp, loss_type=args.loss_type, tail=args.topk_tail,
-                selectivity=beta, **common,
-            )  # fmt: skip
+                h_s, w_s, top_ids, top_lp, loss_type=args.loss_type, tail=args.topk_tail, selectivity=beta, **common
+            )
             self._stash_topk_stats(top_lp, beta)
-            return loss, self._student_entropy_sum(h_s.detach(), student_head.weight, student_head.bias), valid.sum()
+            return loss, self._student_entropy_sum(h_s.detach(), w_s, b_s, post_s), valid.sum()
         else:
             unwrapped_teacher = self.accelerator.unwrap_model(self.teacher_model)
+            teacher_head = unwrapped_teacher.get_output_embeddings()
+            if teacher_head.weight.device != device:  # the loss pairs both heads' logits chunk by chunk
+                raise ValueError(
+                    f"The student `lm_head` is on {device} but the teacher `lm_head` is on "
+                    f"{teacher_head.weight.device}. Place both on the same device in their `device_map`."
+                )
             self.teacher_model.eval()
             with torch.no_grad():
                 h_t = self._forward_redirection(
@@ -331,19 +383,23 @@ class DistillationTrainer(trl.DistillationTrainer):
                     input_ids,
                     attention_mask,
                     logits_to_keep,
+                    **multimodal,
                 )
-            teacher_head = unwrapped_teacher.get_output_embeddings()
-            h_t = h_t.to(h_s.device)[valid.to(h_s.device)]
-            beta = self._selectivity_for(h_t, teacher_head.weight, teacher_head.bias)
+            h_t = h_t.to(device)[valid]
+            w_t, b_t = head_weight_and_bias(teacher_head, h_t.dtype)
+            post_t = logit_postprocessing(unwrapped_teacher)
+            beta = self._selectivity_for(h_t, w_t, b_t, post_t)
             loss = chunked_distillation_loss(
                 h_s,
-                student_head.weight,
+                w_s,
                 h_t,
-                teacher_head.weight,
+                w_t,
                 loss_type=args.loss_type,
                 selectivity=beta,
-                teacher_bias=teacher_head.bias,
+                teacher_bias=b_t,
                 stats=stats,
+                teacher_logit_scale=post_t["scale"],
+                teacher_final_logit_softcapping=post_t["softcap"],
                 **common,
             )
             self._pending_stats = torch.stack(
@@ -359,21 +415,23 @@ class DistillationTrainer(trl.DistillationTrainer):
         return [slice(i, i + size) for i in range(0, n, size)]
 
     @torch.no_grad()
-    def _student_entropy_sum(self, h_s, weight, bias) -> torch.Tensor:
+    def _student_entropy_sum(self, h_s, weight, bias, post) -> torch.Tensor:
         """Sum of the student's token entropy (the top-k path, whose loss does not report it), in small chunks."""
         total = h_s.new_zeros((), dtype=torch.float32)
         for sl in self._chunks(h_s.shape[0], cap=64):
-            total += token_entropy(torch.nn.functional.linear(h_s[sl], weight, bias).float() / self.temperature).sum()
+            logits = logit_postprocess(torch.nn.functional.linear(h_s[sl], weight, bias), *post.values())
+            total += token_entropy(logits.float() / self.temperature).sum()
         return total
 
     @torch.no_grad()
     def _topk_selectivity(self, top_lp) -> float | torch.Tensor:
         """Beta for the stored top-k teacher: `args.selectivity`, or solved for `args.target_entropy` on the
-        renormalised top-k (``renormalize`` only; `__init__` refuses sharpening with ``bucket``)."""
+        renormalised top-k at the temperature (``renormalize`` only; `__init__` refuses it with ``bucket``)."""
         args = self.args
         if args.target_entropy is None or top_lp.shape[0] == 0:
             return args.selectivity
-        beta = solve_selectivity(top_lp.float(), args.target_entropy, per_token=args.per_token_selectivity)
+        z = top_lp.float() / self.temperature
+        beta = solve_selectivity(z, args.target_entropy, per_token=args.per_token_selectivity)
         return beta if args.per_token_selectivity else beta.item()
 
     @torch.no_grad()
@@ -382,26 +440,34 @@ class DistillationTrainer(trl.DistillationTrainer):
         n = top_lp.shape[0]
         b = beta.float() if isinstance(beta, torch.Tensor) else torch.full((n,), float(beta), device=top_lp.device)
         sums = torch.zeros(3, device=top_lp.device)
+        # At the temperature; `bucket` cannot temper, and runs only where selectivity / temperature = 1.
+        unsharpened = 1 / self.temperature if self.args.topk_tail == "renormalize" else 1.0
         for sl in self._chunks(n, cap=4096):
             entropies = []
             for sharpen in (False, True):
-                log_p = topk_teacher_log_probs(top_lp[sl], self.args.topk_tail, b[sl] if sharpen else 1.0)
+                scale = b[sl] / self.temperature if sharpen else unsharpened
+                log_p = topk_teacher_log_probs(top_lp[sl], self.args.topk_tail, scale)
                 entropies.append(entropy_from_log_probs(log_p).sum())  # 0 log 0 = 0 on an empty tail
             sums += torch.stack([*entropies, b[sl].sum()])
         self._pending_stats = torch.cat([torch.tensor([float(n)], device=top_lp.device), sums])
 
     @torch.no_grad()
-    def _selectivity_for(self, h_t, weight, bias) -> float | torch.Tensor:
-        """The teacher's beta: `args.selectivity`, or solved for `args.target_entropy` (scalar or `(N,)`)."""
+    def _selectivity_for(self, h_t, weight, bias, post) -> float | torch.Tensor:
+        """The teacher's beta: `args.selectivity`, or solved for `args.target_entropy` (scalar or `(N,)`) on the
+        teacher's logits at the temperature (``softmax(beta * z / T)`` is the teacher the loss uses)."""
         args = self.args
         if args.target_entropy is None:
             return args.selectivity
         if h_t.shape[0] == 0:
             return 1.0
+
+        def logits(sl):
+            z = logit_postprocess(torch.nn.functional.linear(h_t[sl], weight, bias), *post.values())
+            return z.float() / self.temperature
+
         if args.per_token_selectivity:  # each token is independent: solve chunk by chunk, memory bounded
-            logits = (torch.nn.functional.linear(h_t[sl], weight, bias).float() for sl in self._chunks(h_t.shape[0]))
-            parts = [solve_selectivity(z, args.target_entropy, per_token=True) for z in logits]
+            chunks = self._chunks(h_t.shape[0])
+            parts = [solve_selectivity(logits(sl), args.target_entropy, per_token=True) for sl in chunks]
             return torch.cat(parts).to(h_t.dtype)
         # One beta for the batch couples every token: this needs the (N, V) teacher logits of the scored tokens.
-        logits = torch.nn.functional.linear(h_t, weight, bias).float()
-        return solve_selectivity(logits, args.target_entropy).item()
+        return solve_selectivity(logits(slice(None)), args.target_entropy).item()

@@ -1,8 +1,8 @@
 """Token-level distillation losses between a sharpened teacher and a student, dense and memory-bounded (chunked).
 
-Notation (per position, over the vocabulary ``V``): the teacher is ``p = softmax(selectivity * z_t)`` and the
-student is ``q = softmax(z_s / temperature)``. Sharpening touches the teacher only; the temperature, the student
-only.
+Notation (per position, over the vocabulary ``V``): the teacher is ``p = softmax(selectivity * z_t / temperature)``
+and the student is ``q = softmax(z_s / temperature)``. The temperature divides both sides (TRL's meaning); the
+selectivity sharpens the teacher on top of it.
 
 | loss_type          | per-token value                                        |
 |--------------------|--------------------------------------------------------|
@@ -27,7 +27,7 @@ import torch
 
 from .sharpening import _check_finite, check_selectivity, entropy_from_log_probs
 
-__all__ = ["LOSS_TYPES", "chunked_distillation_loss", "distillation_loss", "token_divergence"]
+__all__ = ["LOSS_TYPES", "chunked_distillation_loss", "distillation_loss", "logit_postprocess", "token_divergence"]
 
 LOGITS_PER_CHUNK = 2**22
 
@@ -121,7 +121,7 @@ def _check_vocab(student_vocab: int, teacher_vocab: int) -> None:
 
 
 def _log_probs(student_logits, teacher_logits, selectivity, temperature):
-    """``(log q, log p)``: the student at `temperature`, the teacher sharpened by `selectivity` (None if absent)."""
+    """``(log q, log p)``: both at `temperature`, the teacher also sharpened by `selectivity` (None if absent)."""
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
     log_q = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
     if teacher_logits is None:
@@ -129,7 +129,7 @@ def _log_probs(student_logits, teacher_logits, selectivity, temperature):
     beta = selectivity
     if isinstance(beta, torch.Tensor) and beta.dim() > 0:
         beta = beta.to(dtype).unsqueeze(-1)
-    return log_q, torch.log_softmax(teacher_logits.detach().to(dtype) * beta, dim=-1)
+    return log_q, torch.log_softmax(teacher_logits.detach().to(dtype) * beta / temperature, dim=-1)
 
 
 def _per_token_loss(
@@ -189,7 +189,7 @@ def distillation_loss(
         labels (`torch.Tensor` of shape `(...)`, *optional*): target token ids for ``"nll"`` (-100 is ignored).
         mask (`torch.Tensor` of shape `(...)`, *optional*): positions that count (e.g. completion tokens).
         selectivity (`float` or `torch.Tensor` of shape `(...)`): teacher sharpening beta > 0, per batch or per token.
-        temperature (`float`): student temperature.
+        temperature (`float`): softmax temperature of both student and teacher (TRL's `temperature`).
         jsd_beta (`float`): generalized-JSD mixing weight (TRL's `beta`).
         skew_alpha (`float`): skew of the skew KLs.
         num_items_in_batch (`int`, *optional*): divide the summed loss by this (gradient accumulation, multi-GPU).
@@ -271,18 +271,19 @@ class _ChunkedLinearLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, labels, beta, chunk_size, kwargs, stats):
+    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, labels, beta, chunk_size, kwargs, stats, post):
         total = h_s.new_zeros((), dtype=torch.promote_types(h_s.dtype, torch.float32))
         loss_type, temperature = kwargs["loss_type"], kwargs["temperature"]
-        for _, z_s, z_t, chunk_labels, chunk_beta in _chunks(h_s, w_s, b_s, h_t, w_t, b_t, labels, beta, chunk_size):
+        chunks = _chunks(h_s, w_s, b_s, h_t, w_t, b_t, labels, beta, chunk_size, post)
+        for _, z_s, z_t, chunk_labels, chunk_beta in chunks:
             log_q, log_p = _log_probs(z_s, z_t, chunk_beta, temperature)
             total += _loss_from_log_probs(
                 log_q, log_p, chunk_labels, loss_type, kwargs["jsd_beta"], kwargs["skew_alpha"]
             ).sum()
             if stats is not None:  # logging only: the log-probs are at hand, so the entropies cost one pass each
-                _add_entropy_stats(stats, log_q, log_p, z_t, chunk_beta)
+                _add_entropy_stats(stats, log_q, log_p, z_t, chunk_beta, temperature)
         ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t, labels, beta if isinstance(beta, torch.Tensor) else None)
-        ctx.beta, ctx.chunk_size, ctx.kwargs = beta, chunk_size, kwargs
+        ctx.beta, ctx.chunk_size, ctx.kwargs, ctx.post = beta, chunk_size, kwargs, post
         return total
 
     @staticmethod
@@ -294,10 +295,12 @@ class _ChunkedLinearLoss(torch.autograd.Function):
         grad_h = torch.empty_like(h_s) if need_h else None
         grad_w = torch.zeros(w_s.shape, dtype=dtype, device=w_s.device) if need_w else None
         grad_b = torch.zeros(b_s.shape, dtype=dtype, device=b_s.device) if need_b else None
-        chunks = _chunks(h_s, w_s, b_s, h_t, w_t, b_t, labels, beta, ctx.chunk_size)
+        chunks = _chunks(h_s, w_s, b_s, h_t, w_t, b_t, labels, beta, ctx.chunk_size, ctx.post)
         for sl, z_s, z_t, chunk_labels, chunk_beta in chunks:
             dz = _logit_grad(z_s, z_t, chunk_labels, chunk_beta, **ctx.kwargs)
             dz.mul_(grad_output.to(dz.dtype))
+            if ctx.post[0] != (1.0, None):  # chain rule through the student's scale / softcap
+                dz.mul_(logit_postprocess_grad(z_s.to(dz.dtype), *ctx.post[0]))
             if need_h:
                 grad_h[sl] = (dz @ w_s.to(dtype)).to(h_s.dtype)
             if need_w:
@@ -306,30 +309,49 @@ class _ChunkedLinearLoss(torch.autograd.Function):
                 grad_b += dz.sum(0)
         grad_w = None if grad_w is None else grad_w.to(w_s.dtype)
         grad_b = None if grad_b is None else grad_b.to(b_s.dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None, None
 
 
-def _add_entropy_stats(stats: dict, log_q, log_p, z_t, beta) -> None:
+def _add_entropy_stats(stats: dict, log_q, log_p, z_t, beta, temperature) -> None:
     """Accumulate token counts and summed entropies (student; teacher before and after sharpening; beta) as tensors."""
     n = log_q.shape[0]
     add = {"num_tokens": log_q.new_tensor(float(n)), "student_entropy": entropy_from_log_probs(log_q).sum()}
     if log_p is not None:
         add["teacher_entropy_sharpened"] = entropy_from_log_probs(log_p).sum()
         unit = not isinstance(beta, torch.Tensor) and beta == 1
-        raw = log_p if unit else torch.log_softmax(z_t.to(log_p.dtype), dim=-1)
+        raw = log_p if unit else torch.log_softmax(z_t.to(log_p.dtype) / temperature, dim=-1)
         add["teacher_entropy"] = add["teacher_entropy_sharpened"] if unit else entropy_from_log_probs(raw).sum()
         add["selectivity"] = beta.sum() if isinstance(beta, torch.Tensor) else log_q.new_tensor(float(beta) * n)
     for key, value in add.items():
         stats[key] = stats.get(key, 0) + value.detach()
 
 
-def _chunks(h_s, w_s, b_s, h_t, w_t, b_t, labels, beta, chunk_size):
-    """Yield ``(slice, student logits, teacher logits, labels, selectivity)`` for each chunk of tokens."""
+def logit_postprocess(logits: torch.Tensor, scale: float = 1.0, softcap: float | None = None) -> torch.Tensor:
+    """The model's own post-processing of its lm_head output: ``softcap * tanh(scale * z / softcap)``, or
+    ``scale * z`` without a softcap (Cohere/Granite ``logit_scale``-style scales, Gemma-2-style softcapping; the
+    order is TRL's). Shapes are kept."""
+    if scale != 1:
+        logits = logits * scale
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+def logit_postprocess_grad(processed: torch.Tensor, scale: float = 1.0, softcap: float | None = None):
+    """``d processed / d z`` of `logit_postprocess`, from its output: ``scale * (1 - (processed / softcap)^2)``."""
+    if softcap is None:
+        return scale
+    return (1 - (processed / softcap).square()).mul_(scale)
+
+
+def _chunks(h_s, w_s, b_s, h_t, w_t, b_t, labels, beta, chunk_size, post=((1.0, None), (1.0, None))):
+    """Yield ``(slice, student logits, teacher logits, labels, selectivity)`` for each chunk of tokens; the logits
+    are post-processed as `post` = ``((student scale, softcap), (teacher scale, softcap))`` says."""
     per_token_beta = isinstance(beta, torch.Tensor) and beta.dim() > 0
     for start in range(0, h_s.shape[0], chunk_size):
         sl = slice(start, start + chunk_size)
-        z_s = torch.nn.functional.linear(h_s[sl], w_s, b_s)
-        z_t = None if h_t is None else torch.nn.functional.linear(h_t[sl], w_t, b_t)
+        z_s = logit_postprocess(torch.nn.functional.linear(h_s[sl], w_s, b_s), *post[0])
+        z_t = None if h_t is None else logit_postprocess(torch.nn.functional.linear(h_t[sl], w_t, b_t), *post[1])
         yield sl, z_s, z_t, None if labels is None else labels[sl], beta[sl] if per_token_beta else beta
 
 
@@ -351,6 +373,10 @@ def chunked_distillation_loss(
     teacher_bias: torch.Tensor | None = None,
     chunk_size: int | None = None,
     stats: dict | None = None,
+    student_logit_scale: float = 1.0,
+    teacher_logit_scale: float = 1.0,
+    student_final_logit_softcapping: float | None = None,
+    teacher_final_logit_softcapping: float | None = None,
 ) -> torch.Tensor:
     """`distillation_loss` on the logits ``h @ W.T + b``, without materialising `(..., V)` logits.
 
@@ -368,6 +394,10 @@ def chunked_distillation_loss(
             ``student_entropy`` and, with a teacher, ``teacher_entropy``, ``teacher_entropy_sharpened``,
             ``selectivity``), taken from the log-probabilities the loss computes anyway.
         chunk_size (`int`, *optional*): tokens per chunk; by default about ``2**22`` logits (16 MB in float32) a chunk.
+        student_logit_scale, teacher_logit_scale (`float`, *optional*, defaults to `1.0`),
+        student_final_logit_softcapping, teacher_final_logit_softcapping (`float`, *optional*): each model's own
+            logit post-processing (`logit_postprocess`), applied to its ``h @ W.T + b`` before temperature and
+            selectivity, as TRL's `DistillationTrainer` does; the student's gradient goes through it in closed form.
         loss_type, labels, mask, selectivity, temperature, jsd_beta, skew_alpha, num_items_in_batch: as in
             `distillation_loss`.
 
@@ -405,11 +435,15 @@ def chunked_distillation_loss(
     if isinstance(beta, torch.Tensor) and beta.dim() > 0:
         beta = beta.expand(positions).reshape(-1)[keep]
     kwargs = dict(loss_type=loss_type, temperature=temperature, jsd_beta=jsd_beta, skew_alpha=skew_alpha)
+    post = (
+        (student_logit_scale, student_final_logit_softcapping),
+        (teacher_logit_scale, teacher_final_logit_softcapping),
+    )
     teacher_weight = None if teacher_weight is None else teacher_weight.detach()
     teacher_bias = None if teacher_bias is None else teacher_bias.detach()
 
     total = _ChunkedLinearLoss.apply(
         hidden_s, student_weight, student_bias, hidden_t, teacher_weight, teacher_bias, flat_labels, beta, chunk_size,
-        kwargs, stats,
+        kwargs, stats, post,
     )  # fmt: skip
     return _reduce(total, count, num_items_in_batch)

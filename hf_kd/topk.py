@@ -8,9 +8,10 @@ vocabulary (the *tail*) is lost; two ways to handle it:
   student's is its probability of every id outside the teacher's top-k. The divergence is then taken between two
   distributions over K + 1 outcomes: an exact divergence of coarse-grained distributions, hence never above the
   full-vocabulary divergence (data-processing inequality) and equal to it when the tail is empty (K = V). The tail's
-  inner shape is unknown, so sharpening cannot be applied exactly: this mode needs ``selectivity = 1``.
+  inner shape is unknown, so neither sharpening nor a temperature can be applied exactly: this mode needs
+  ``selectivity / temperature = 1``.
 - ``tail="renormalize"``: both teacher and student are restricted to the teacher's top-k ids and renormalised there;
-  the teacher is then sharpened exactly on that support, ``softmax(selectivity * log p_topk)``.
+  the teacher is then sharpened exactly on that support, ``softmax(selectivity * log p_topk / temperature)``.
 
 With K = V both modes give the loss of `hf_kd.losses.distillation_loss` on the live teacher's logits.
 
@@ -25,7 +26,7 @@ import math
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .losses import LOSS_TYPES, _reduce, default_chunk_size, token_divergence
+from .losses import LOSS_TYPES, _reduce, default_chunk_size, logit_postprocess, token_divergence
 from .sharpening import check_selectivity
 
 __all__ = ["TAIL_MODES", "chunked_topk_distillation_loss", "topk_distillation_loss", "topk_teacher_log_probs"]
@@ -88,7 +89,8 @@ def topk_distillation_loss(
     """Masked token-level divergence between the stored top-k teacher and the student (module docstring: tails).
 
     Per position: ``D(p_topk || q_topk)`` with `hf_kd.losses.token_divergence`, where ``q = softmax(z_s /
-    temperature)``; reduced as ``sum(mask * D) / num_items_in_batch`` (else the mean over unmasked positions).
+    temperature)`` and the teacher is tempered and sharpened by ``selectivity / temperature``; reduced as
+    ``sum(mask * D) / num_items_in_batch`` (else the mean over unmasked positions).
 
     Args:
         student_logits (`torch.Tensor` of shape `(..., V)`): student logits at the scored positions.
@@ -98,7 +100,7 @@ def topk_distillation_loss(
         mask (`torch.Tensor` of shape `(...)`, *optional*): positions that count.
         tail (`str`): ``"bucket"`` or ``"renormalize"``.
         selectivity (`float` or `torch.Tensor` of shape `(...)`): teacher sharpening (``renormalize``, or 1).
-        temperature (`float`): student temperature.
+        temperature (`float`): softmax temperature of both sides (TRL's meaning).
         jsd_beta, skew_alpha (`float`): as in `hf_kd.losses.distillation_loss`.
         num_items_in_batch (`int`, *optional*): divide the summed loss by this.
 
@@ -110,10 +112,13 @@ def topk_distillation_loss(
     if tail not in TAIL_MODES:
         raise ValueError(f"tail={tail!r} is unknown; choose 'bucket' (tail mass as one outcome) or 'renormalize'.")
     check_selectivity(selectivity)
-    if tail == "bucket" and not bool((torch.as_tensor(selectivity) == 1).all()):
+    if not temperature > 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be a positive number (got {temperature}).")
+    teacher_scale = selectivity / temperature
+    if tail == "bucket" and not bool((torch.as_tensor(teacher_scale) == 1).all()):
         raise ValueError(
-            "tail='bucket' cannot sharpen the teacher (the tail's inner shape is unknown); use selectivity=1, or "
-            "tail='renormalize', or sample the dataset at the selectivity you want."
+            "tail='bucket' cannot sharpen or temper the teacher (the tail's inner shape is unknown); use "
+            "selectivity / temperature = 1, or tail='renormalize', or sample the dataset at the selectivity you want."
         )
     if topk_ids.shape != topk_logprobs.shape or topk_ids.shape[:-1] != student_logits.shape[:-1]:
         raise ValueError(
@@ -122,12 +127,10 @@ def topk_distillation_loss(
         )
     if topk_ids.shape[-1] > student_logits.shape[-1]:
         raise ValueError(f"K = {topk_ids.shape[-1]} exceeds the student's vocabulary ({student_logits.shape[-1]}).")
-    if not temperature > 0 or not math.isfinite(temperature):
-        raise ValueError(f"temperature must be a positive number (got {temperature}).")
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
     log_q = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
     ids = topk_ids.long().to(log_q.device)
-    log_p = topk_teacher_log_probs(topk_logprobs.to(log_q.device, dtype), tail, selectivity).detach()
+    log_p = topk_teacher_log_probs(topk_logprobs.to(log_q.device, dtype), tail, teacher_scale).detach()
     student, empty = _student_log_probs(log_q, ids, tail)
     if empty is not None:  # an empty tail has no mass, whatever rounding left in 1 - sum(p_topk)
         log_p = torch.cat([log_p[..., :-1], log_p[..., -1:].masked_fill(empty, float("-inf"))], dim=-1)
@@ -137,9 +140,9 @@ def topk_distillation_loss(
     return _reduce(total, mask.sum(), num_items_in_batch)
 
 
-def _chunk_sum(h, weight, bias, ids, logprobs, beta, kwargs):
+def _chunk_sum(h, weight, bias, ids, logprobs, beta, kwargs, post):
     """Summed top-k loss of one chunk of hidden states (recomputed in backward by `checkpoint`)."""
-    logits = torch.nn.functional.linear(h, weight, bias)
+    logits = logit_postprocess(torch.nn.functional.linear(h, weight, bias), *post)
     return topk_distillation_loss(logits, ids, logprobs, selectivity=beta, num_items_in_batch=1, **kwargs)
 
 
@@ -158,6 +161,8 @@ def chunked_topk_distillation_loss(
     num_items_in_batch: int | torch.Tensor | None = None,
     student_bias: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    student_logit_scale: float = 1.0,
+    student_final_logit_softcapping: float | None = None,
 ) -> torch.Tensor:
     """`topk_distillation_loss` on the student logits ``h @ W.T + b`` of the scored tokens, chunk by chunk.
 
@@ -173,6 +178,8 @@ def chunked_topk_distillation_loss(
         student_bias (`torch.Tensor` of shape `(V,)`, *optional*): lm_head bias.
         selectivity (`float` or `torch.Tensor` of shape `(N,)`): teacher sharpening (``renormalize``, or 1).
         chunk_size (`int`, *optional*): tokens per chunk; by default about ``2**22`` logits per chunk.
+        student_logit_scale, student_final_logit_softcapping: the student's logit post-processing
+            (`hf_kd.losses.logit_postprocess`; the stored teacher log-probs already include the teacher's).
         loss_type, tail, temperature, jsd_beta, skew_alpha, num_items_in_batch: as in `topk_distillation_loss`.
 
     Returns:
@@ -188,6 +195,7 @@ def chunked_topk_distillation_loss(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (got {chunk_size}).")
     kwargs = dict(loss_type=loss_type, tail=tail, temperature=temperature, jsd_beta=jsd_beta, skew_alpha=skew_alpha)
+    post = (student_logit_scale, student_final_logit_softcapping)
     per_token_beta = isinstance(selectivity, torch.Tensor) and selectivity.dim() > 0
     n = student_hidden.shape[0]
     # 0 * sum keeps the result in the graph even with no scored token (backward then gives zero gradients).
@@ -195,7 +203,7 @@ def chunked_topk_distillation_loss(
     for start in range(0, n, chunk_size):
         sl = slice(start, start + chunk_size)
         beta = selectivity[sl] if per_token_beta else selectivity
-        args = (student_hidden[sl], student_weight, student_bias, topk_ids[sl], topk_logprobs[sl], beta, kwargs)
+        args = (student_hidden[sl], student_weight, student_bias, topk_ids[sl], topk_logprobs[sl], beta, kwargs, post)
         if torch.is_grad_enabled() and (student_hidden.requires_grad or student_weight.requires_grad):
             total = total + checkpoint(_chunk_sum, *args, use_reentrant=False)
         else:

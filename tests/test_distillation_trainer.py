@@ -72,7 +72,7 @@ def reference_loss(student, teacher, batch, loss_type, selectivity, temperature,
         z_s = copy.deepcopy(student).double()(input_ids=ids, attention_mask=mask).logits[:, p_len - 1 : p_len - 1 + k]
         z_t = copy.deepcopy(teacher).double()(input_ids=ids, attention_mask=mask).logits[:, p_len - 1 : p_len - 1 + k]
     log_q = torch.log_softmax(z_s / temperature, -1)
-    log_p = torch.log_softmax(selectivity * z_t, -1)
+    log_p = torch.log_softmax(selectivity * z_t / temperature, -1)  # TRL's temperature on both sides, then beta
     p, q = log_p.exp(), log_q.exp()
 
     def kl(a, log_a, log_b):
@@ -247,7 +247,7 @@ def test_mixture_logs_the_source_of_each_batch(tmp_path):
 # ----------------------------------------------------------------------------------------- construction errors
 def test_vocab_mismatch_names_both_sizes(tmp_path):
     tok = make_tokenizer()
-    with pytest.raises(ValueError, match=r"student vocab_size 30 != teacher vocab_size 25.*resize_token_embeddings"):
+    with pytest.raises(ValueError, match=r"vocab_size 30 .*vocab_size 25"):  # TRL's check, or ours for paths
         make_trainer(tmp_path, student=make_llama(30, 1), teacher=make_llama(25, 0), tokenizer=tok)
 
 
@@ -293,23 +293,3 @@ def test_tokenizer_without_pad_token_pads_with_eos(tmp_path):
     tok.pad_token, tok.eos_token = None, None
     with pytest.raises(ValueError, match="neither a pad token nor an EOS token"):
         make_trainer(tmp_path, tokenizer=tok)
-
-
-def test_plain_trl_config_is_refused(tmp_path):
-    import trl
-
-    with pytest.raises(ValueError, match="hf_kd.DistillationConfig"):
-        DistillationTrainer(
-            model=make_llama(25, 1),
-            teacher_model=make_llama(25, 0),
-            args=trl.DistillationConfig(str(tmp_path), bf16=False, gradient_checkpointing=None, report_to="none"),
-            train_dataset=dataset(),
-            processing_class=make_tokenizer(),
-        )
-
-
-def test_softcapped_models_are_refused(tmp_path):
-    teacher = make_llama(25, 0)
-    teacher.config.final_logit_softcapping = 30.0
-    with pytest.raises(ValueError, match="final_logit_softcapping=30.0"):
-        make_trainer(tmp_path, teacher=teacher)

@@ -65,22 +65,26 @@ def test_matches_brute_force_with_sharpening_and_temperature(loss_type, selectiv
     values = []
     for i in range(6):
         if mask[i]:
-            p = torch.softmax(selectivity * zt[i], -1).tolist()  # sharpening touches the teacher only
-            q = torch.softmax(zs[i] / temperature, -1).tolist()  # temperature touches the student only
+            p = torch.softmax(selectivity * zt[i] / temperature, -1).tolist()  # sharpened on top of the temperature
+            q = torch.softmax(zs[i] / temperature, -1).tolist()  # the temperature divides both sides
             values.append(brute_force(p, q, loss_type))
     assert got.item() == pytest.approx(sum(values) / len(values), abs=1e-10)
 
 
 @pytest.mark.parametrize("jsd_beta", [0.0, 0.3, 0.5, 1.0])
-def test_generalized_jsd_matches_trl(jsd_beta):
+@pytest.mark.parametrize("temperature", [0.7, 1.0, 2.0])
+def test_generalized_jsd_matches_trl(jsd_beta, temperature):
     from trl.experimental.gkd import GKDTrainer
 
     zs, zt = torch.randn(2, 4, 9), torch.randn(2, 4, 9)
     labels = torch.tensor([[1, 2, -100, 3], [-100, 4, 5, 6]])
     ours = distillation_loss(
-        zs, zt, loss_type="generalized_jsd", jsd_beta=jsd_beta, labels=labels, mask=labels != -100
+        zs, zt, loss_type="generalized_jsd", jsd_beta=jsd_beta, labels=labels, mask=labels != -100,
+        temperature=temperature,
+    )  # fmt: skip
+    theirs = GKDTrainer.generalized_jsd_loss(
+        zs, zt, labels=labels, beta=jsd_beta, temperature=temperature, reduction="mean"
     )
-    theirs = GKDTrainer.generalized_jsd_loss(zs, zt, labels=labels, beta=jsd_beta, reduction="mean")
     # TRL's "mean" averages over vocabulary entries too; ours is per token.
     assert ours.item() == pytest.approx(theirs.item() * zs.shape[-1], rel=1e-5)
 
@@ -179,6 +183,47 @@ def test_chunked_loss_reports_entropies_for_logging():
     z_s, z_t = (hs @ ws.T)[mask].detach(), (ht @ wt.T)[mask]
     assert stats["num_tokens"].item() == mask.sum().item()
     torch.testing.assert_close(stats["student_entropy"], token_entropy(z_s / 2.0).sum())
-    torch.testing.assert_close(stats["teacher_entropy"], token_entropy(z_t).sum())
-    torch.testing.assert_close(stats["teacher_entropy_sharpened"], token_entropy(3.0 * z_t).sum())
+    torch.testing.assert_close(stats["teacher_entropy"], token_entropy(z_t / 2.0).sum())
+    torch.testing.assert_close(stats["teacher_entropy_sharpened"], token_entropy(3.0 * z_t / 2.0).sum())
     assert stats["selectivity"].item() == pytest.approx(3.0 * mask.sum().item())
+
+
+POSTPROCESS = [  # (student scale, softcap), (teacher scale, softcap): Cohere-, Granite-, Gemma-2-style heads
+    ((0.0625, None), (0.125, None)),
+    ((1.0, None), (1 / 3, None)),
+    ((1.0, 3.0), (2.0, 5.0)),
+]
+
+
+@pytest.mark.parametrize(("student_post", "teacher_post"), POSTPROCESS)
+@pytest.mark.parametrize("jsd_beta", [0.0, 0.5, 1.0])
+def test_chunked_postprocessed_logits_match_trl_kernel(student_post, teacher_post, jsd_beta):
+    """Scale and softcap go through the closed-form backward exactly as TRL's chunked divergence applies them."""
+    from trl.trainer.distillation_trainer import _chunked_divergence_loss
+
+    hs, ws, ht, wt, _, mask = _chunked_case(50, seed=3)
+    hs, ws, ht, wt = (x * 4 for x in (hs.detach(), ws.detach(), ht, wt))  # logits large enough for the softcap
+    hs.requires_grad_(), ws.requires_grad_()
+    post = dict(
+        student_logit_scale=student_post[0], student_final_logit_softcapping=student_post[1],
+        teacher_logit_scale=teacher_post[0], teacher_final_logit_softcapping=teacher_post[1],
+    )  # fmt: skip
+    ours = chunked_distillation_loss(
+        hs, ws, ht, wt, loss_type="generalized_jsd", mask=mask, jsd_beta=jsd_beta, temperature=1.7, chunk_size=7,
+        num_items_in_batch=31, **post,
+    )  # fmt: skip
+    theirs, _, _ = _chunked_divergence_loss(
+        hs, ht, ws, wt, mask, jsd_beta, num_items_in_batch=31, temperature=1.7, **post
+    )
+    assert ours.item() > 1e-3
+    assert ours.item() == pytest.approx(theirs.item(), abs=1e-6)
+    for a, b in zip(torch.autograd.grad(ours, [hs, ws]), torch.autograd.grad(theirs, [hs, ws])):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("loss_type", ["forward_kl", "tvd", "nll"])
+def test_postprocessed_gradcheck_float64(loss_type):
+    hs, ws, ht, wt, labels, mask = _chunked_case(7, tokens=6, hidden_s=3, hidden_t=4, dtype=torch.float64)
+    kw = dict(loss_type=loss_type, labels=labels, mask=mask, selectivity=1.5, temperature=1.2, chunk_size=2)
+    post = dict(student_logit_scale=0.5, student_final_logit_softcapping=2.0, teacher_logit_scale=3.0)
+    assert torch.autograd.gradcheck(lambda h, w: chunked_distillation_loss(h, w, ht, wt, **kw, **post), (hs, ws))

@@ -1,0 +1,97 @@
+"""Checks `hf_kd.DistillationTrainer` runs at construction, so that bad input fails there with a clear message
+instead of inside TRL or torch at step 1 (or, worse, trains silently on mismatched tokens)."""
+
+from __future__ import annotations
+
+import os
+
+from .tokenizer_signature import TOKENIZER_SIGNATURE_COLUMN, describe_tokenizer, tokenizer_signature
+
+__all__ = ["check_datasets", "check_teacher_tokenizer", "column_names", "iter_datasets"]
+
+_CROSS_TOKENIZER = (
+    "Token-level distillation compares distributions over the same token ids; for a teacher and student with "
+    "different tokenizers use cross-tokenizer distillation (e.g. trl.experimental.gold.GOLDTrainer with "
+    "use_uld_loss=True)."
+)
+
+
+def column_names(dataset) -> list[str] | None:
+    names = getattr(dataset, "column_names", None)
+    if names is None and getattr(dataset, "features", None) is not None:
+        names = list(dataset.features)
+    return names
+
+
+def iter_datasets(train_dataset, eval_dataset):
+    """(split name, dataset) pairs, eval dicts flattened, Nones dropped."""
+    for split, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+        for ds in dataset.values() if isinstance(dataset, dict) else [dataset]:
+            if ds is not None:
+                yield split, ds
+
+
+def _encodes_to_nothing(tokenizer, text: str) -> bool:
+    return len(tokenizer(text=[text])["input_ids"][0]) == 0
+
+
+def check_datasets(train_dataset, eval_dataset, tokenizer, reads_dataset_completions: bool) -> None:
+    """Prompts present and encodable, a non-empty train set, and generated completion ids from this tokenizer."""
+    if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
+        raise ValueError("train_dataset is empty: there is nothing to train on. Check the split and any filtering.")
+    for split, ds in iter_datasets(train_dataset, eval_dataset):
+        names = column_names(ds)
+        if names is None:  # an iterable dataset of unknown columns: TRL reads the prompts as they come
+            continue
+        if "prompt" not in names:
+            raise ValueError(
+                f"{split} has no 'prompt' column (columns: {names}); the trainer generates or scores a completion "
+                "for every prompt. Rename the column, e.g. dataset.rename_column('question', 'prompt')."
+            )
+        if tokenizer is not None and hasattr(ds, "__getitem__") and hasattr(ds, "__len__"):
+            blank = {p for p in ds["prompt"] if isinstance(p, str) and not p.strip()}
+            for prompt in blank:
+                if _encodes_to_nothing(tokenizer, prompt):
+                    raise ValueError(
+                        f"{split} has an empty prompt {prompt!r} and the tokenizer adds no BOS token, so it encodes "
+                        "to no token and there is nothing to condition on. Drop such rows (dataset.filter(lambda x: "
+                        "x['prompt'].strip() != '')), or give the tokenizer a BOS token that it adds."
+                    )
+        if reads_dataset_completions and tokenizer is not None and TOKENIZER_SIGNATURE_COLUMN in names:
+            recorded = ds[0][TOKENIZER_SIGNATURE_COLUMN] if len(ds) else None
+            if recorded is not None and recorded != tokenizer_signature(tokenizer):
+                raise ValueError(
+                    f"{split}'s completion_ids were written with a tokenizer of signature {recorded} (recorded by "
+                    f"hf_kd.generate_distillation_dataset), but the trainer's tokenizer is "
+                    f"{describe_tokenizer(tokenizer)}: the ids would be read as other tokens. Train with the "
+                    "tokenizer the dataset was generated with, or regenerate the dataset with this one. "
+                    + _CROSS_TOKENIZER
+                )
+
+
+def _saved_tokenizer(model):
+    """The tokenizer saved next to `model` (a local path, or a model loaded from one); None if there is none."""
+    name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
+    if not name or not os.path.isdir(name):
+        return None  # a Hub id or a model built in code: nothing to read without a download
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def check_teacher_tokenizer(teacher, student_tokenizer) -> None:
+    """The teacher's own tokenizer (when saved beside it) must map text to the same ids as the student's."""
+    if teacher is None or student_tokenizer is None:
+        return
+    teacher_tokenizer = _saved_tokenizer(teacher)
+    if teacher_tokenizer is None:
+        return
+    if tokenizer_signature(teacher_tokenizer) != tokenizer_signature(student_tokenizer):
+        raise ValueError(
+            f"the teacher's tokenizer {describe_tokenizer(teacher_tokenizer)} differs from the student's "
+            f"{describe_tokenizer(student_tokenizer)}, so the same id means different text to each. "
+            + _CROSS_TOKENIZER
+        )
