@@ -74,6 +74,8 @@ def _saved_tokenizer(model):
     name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", None)
     if not name or not os.path.isdir(name):
         return None  # a Hub id or a model built in code: nothing to read without a download
+    if not any(os.path.isfile(os.path.join(name, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None  # weights only (AutoTokenizer would build a default tokenizer from the config)
     from transformers import AutoTokenizer
 
     try:
