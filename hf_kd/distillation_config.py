@@ -51,17 +51,19 @@ def _parse_source(source: str | dict) -> str | dict[str, float]:
 class DistillationConfig(trl.DistillationConfig):
     r"""
     Configuration for [`hf_kd.DistillationTrainer`]: [`trl.DistillationConfig`] plus the fields below. TRL's fields
-    keep their meaning: `temperature` is the *student's* softmax temperature (and its sampling temperature), `beta` is
-    the generalized-JSD mixing weight (0 = forward KL, 1 = reverse KL). Only `selectivity` sharpens the teacher.
+    keep their meaning: `temperature` T divides both the student's and the teacher's logits in the loss (and is the
+    sampling temperature), `beta` is the generalized-JSD mixing weight (0 = forward KL, 1 = reverse KL).
+    `selectivity` sharpens the teacher on top of T.
 
     Parameters:
         selectivity (`float`, *optional*, defaults to `1.0`):
-            Teacher sharpening beta > 0: the teacher's next-token distribution becomes ``softmax(beta * z)``
-            (temperature ``1 / beta``), in the loss and when the teacher samples completions. `1.0` is the teacher
-            itself; `float("inf")` is its argmax (greedy sampling; only with `loss_type="nll"`).
+            Teacher sharpening beta > 0: the teacher's next-token distribution becomes ``softmax(beta * z / T)``
+            (temperature ``T / beta``), in the loss and when the teacher samples completions. `1.0` is TRL's teacher;
+            `float("inf")` is its argmax (greedy sampling; only with `loss_type="nll"`).
         target_entropy (`float`, *optional*):
-            Instead of a fixed `selectivity`, choose beta so that the sharpened teacher's mean token entropy (nats) on
-            the completion tokens equals this value, per batch (or per token, see `per_token_selectivity`).
+            Instead of a fixed `selectivity`, choose beta so that the sharpened teacher ``softmax(beta * z / T)`` has
+            this mean token entropy (nats) on the completion tokens, per batch (or per token, see
+            `per_token_selectivity`).
         per_token_selectivity (`bool`, *optional*, defaults to `False`):
             With `target_entropy`, solve one beta per token instead of one per batch.
         completion_source (`str` or `dict[str, float]`, *optional*, defaults to `"student"`):
@@ -82,9 +84,10 @@ class DistillationConfig(trl.DistillationConfig):
             live teacher, and this says how the teacher's mass outside its top-k (the *tail*) is handled:
             `"bucket"`: the tail is one extra outcome (teacher mass ``1 - sum_k p_k``, student mass outside the
             teacher's top-k), an exact divergence between coarse-grained distributions (never above the full one,
-            equal when K = vocab); sharpening is impossible then (`selectivity` must be 1). `"renormalize"`: teacher
+            equal when K = vocab); sharpening or tempering is impossible then. `"renormalize"`: teacher
             and student are restricted to the teacher's top-k ids and renormalised there; the teacher is sharpened
-            exactly on that support (`selectivity`, or `target_entropy` solved on the top-k). See `hf_kd.topk`.
+            exactly on that support (`selectivity`, or `target_entropy` solved on the top-k). `"bucket"` needs
+            ``selectivity / temperature = 1``. See `hf_kd.topk`.
 
     > [!NOTE]
     > Defaults differ from [`trl.DistillationConfig`] so that a CPU run works out of the box: `bf16` defaults to `True`
