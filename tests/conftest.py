@@ -1,7 +1,14 @@
 """Shared fixtures: a tiny word-level tokenizer and tiny Llama models built in code (nothing is downloaded)."""
 
-import pytest
-import torch
+import os
+import tempfile
+
+# A fresh datasets cache per session: `load_dataset(dir)` caches by path, and pytest reuses tmp paths across sessions,
+# so a stale cache from an earlier run (with other columns) would be read back instead of the files.
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="hf_kd_datasets_"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
