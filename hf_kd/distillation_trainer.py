@@ -219,23 +219,34 @@ class DistillationTrainer(trl.DistillationTrainer):
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None, **kwargs):
-        """Write hf_kd's model card (`hf_kd.model_card`) to ``output_dir/README.md``: called by `save_model`,
-        checkpoints and `push_to_hub` in place of TRL's. Precision and recall are included when a
-        `hf_kd.PrecisionRecallCallback` of this trainer has measured them."""
-        from .model_card import results_from_trainer, write_trainer_model_card
+        """Write hf_kd's model card (`hf_kd.model_card`) to ``output_dir/README.md``: called by checkpoints and
+        `push_to_hub` in place of TRL's. Precision and recall are included when a `hf_kd.PrecisionRecallCallback`
+        of this trainer has measured them."""
+        self._write_model_card(None, model_name, dataset_name, tags, kwargs.get("license"))
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        """`transformers.Trainer.save_model`, plus hf_kd's model card (README.md) beside the saved weights."""
+        super().save_model(output_dir, _internal_call)
+        self._write_model_card(output_dir)
+
+    def _write_model_card(self, output_dir, model_name=None, dataset_name=None, tags=None, license=None):
+        from .metrics.callback import PrecisionRecallCallback
+        from .model_card import _name_or_path, results_from_trainer, write_trainer_model_card
 
         overrides = {"model_name": model_name} if model_name else {}
         if dataset_name:
             overrides["datasets"] = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name)
-        if kwargs.get("license"):
-            overrides["license"] = kwargs["license"]
+        if license:
+            overrides["license"] = license
         results = results_from_trainer(self, **overrides)
         for callback in self.callback_handler.callbacks:
-            measured = getattr(callback, "last_result", None)
-            if type(callback).__name__ == "PrecisionRecallCallback" and measured:
-                results = results.with_precision_recall(measured, getattr(callback.reference, "name", None))
+            if isinstance(callback, PrecisionRecallCallback) and callback.last_result:
+                reference = _name_or_path(getattr(callback.reference, "model", None))
+                results = results.with_precision_recall(callback.last_result, reference)
         tags = [tags] if isinstance(tags, str) else list(tags or [])
-        write_trainer_model_card(self, results=results, tags=list(dict.fromkeys([*self._tag_names, *tags])))
+        write_trainer_model_card(
+            self, output_dir, results=results, tags=list(dict.fromkeys([*self._tag_names, *tags]))
+        )
 
     # ----------------------------------------------------------------------------------------------- completions
     def _generate_and_score_completions(self, inputs):
