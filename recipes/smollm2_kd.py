@@ -199,18 +199,12 @@ def distil(recipe, training_args, model_args, teacher, tokenizer, dataset, selec
     )
     if evaluating and callback is not None:
         callback.attach(trainer)
-    trainer.train(resume_from_checkpoint=_last_checkpoint(args.output_dir))
+    trainer.train(resume_from_checkpoint=True)  # the newest complete checkpoint, if any (half-written ones skipped)
     trainer.save_model(args.output_dir)
     tokenizer.save_pretrained(args.output_dir)
     trainer.state.save_to_json(os.path.join(args.output_dir, "trainer_state.json"))  # the logs, incl. evaluations
     trainer.model.eval()
     return trainer
-
-
-def _last_checkpoint(output_dir: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -174,19 +174,30 @@ def test_sharp_teacher_samples_are_greedy_decoding(tmp_path, selectivity):
     assert got == greedy(trainer.teacher_model, trainer.processing_class, PROMPTS, 6)
 
 
-def test_teacher_samples_follow_the_sharpened_teacher(tmp_path):
-    """At selectivity 1 the first sampled token is distributed as the teacher's first-token distribution."""
-    trainer = make_trainer(tmp_path, loss_type="nll", completion_source="teacher", max_completion_length=1)
+@pytest.mark.parametrize(("selectivity", "temperature"), [(1.0, 1.0), (2.0, 1.5)])
+def test_teacher_samples_follow_the_sharpened_teacher(tmp_path, selectivity, temperature):
+    """The first sampled token is distributed as softmax(selectivity * z / temperature) of the teacher's logits z,
+    and the teacher is unwrapped for generation as TRL unwraps the student (gathering ZeRO-3 parameters once)."""
+    from unittest import mock
+
+    from hf_kd import distillation_trainer
+
+    trainer = make_trainer(tmp_path, loss_type="nll", completion_source="teacher", max_completion_length=1,
+                           selectivity=selectivity, temperature=temperature)  # fmt: skip
     # a milder teacher, so that several first tokens are likely
     with torch.no_grad():
         trainer.teacher_model.lm_head.weight.mul_(0.1)
     torch.manual_seed(0)
     n = 800
-    out = trainer._generate_and_score_completions([{"prompt": "the cat"}] * n)
+    unwrap = mock.Mock(wraps=distillation_trainer.unwrap_model_for_generation)
+    with mock.patch.object(distillation_trainer, "unwrap_model_for_generation", unwrap):
+        out = trainer._generate_and_score_completions([{"prompt": "the cat"}] * n)
+    unwrap.assert_called_once_with(trainer.teacher_model, trainer.accelerator, gather_deepspeed3_params=True)
     counts = torch.bincount(out["completion_ids"][:, 0], minlength=len(trainer.processing_class)).double()
     ids = torch.tensor([trainer.processing_class("the cat")["input_ids"]])
     with torch.no_grad():
-        probs = torch.softmax(trainer.teacher_model(ids).logits[0, -1].double(), -1)
+        z = trainer.teacher_model(ids).logits[0, -1].double()
+        probs = torch.softmax(selectivity * z / temperature, -1)
     assert probs.max() < 0.6
     # every token's count within 4.5 binomial standard deviations
     sd = (n * probs * (1 - probs)).sqrt()
