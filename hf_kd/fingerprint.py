@@ -15,7 +15,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["fingerprint_changes", "state_dict_sha256", "teacher_fingerprint", "tokenizer_signature", "weights_sha256"]
+__all__ = [
+    "fingerprint_changes",
+    "state_dict_sha256",
+    "teacher_fingerprint",
+    "token_id_signature",
+    "tokenizer_signature",
+    "weights_sha256",
+]
 
 _WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.pt", "*.gguf")
 
@@ -65,6 +72,26 @@ def tokenizer_signature(tokenizer) -> str:
         "chat_template": getattr(tokenizer, "chat_template", None),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def token_id_signature(tokenizer) -> str:
+    """16 hex digits of SHA-256 over what maps text to ids, and ids to text.
+
+    Narrower than [`tokenizer_signature`]: a fast tokenizer's whole backend (model and merges, normalizer,
+    pre-tokenizer, post-processor, added tokens) without the padding/truncation settings trainers change, otherwise
+    the vocabulary; not the chat template nor which token plays EOS, so a base model and its instruct variant agree.
+    `hf_kd.DistillationTrainer` compares it between teacher and student tokenizers and with the one recorded in a
+    generated dataset's ``token_id_signature`` column. A processor is read through its `.tokenizer`.
+    """
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("padding", None)
+        state.pop("truncation", None)
+    else:
+        state = {"vocab": sorted(tokenizer.get_vocab().items())}
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def teacher_fingerprint(model, tokenizer, name_or_path: str | None = None, dtype=None) -> dict[str, str | None]:

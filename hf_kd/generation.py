@@ -31,8 +31,8 @@ when the teacher stopped), ``num_tokens``, ``finished`` (ended with EOS), ``teac
 the UNsharpened teacher), ``sampling_logprob`` (sum under the distribution sampled from: sharpening, top-k, top-p;
 0 for greedy), ``mean_selectivity`` (mean beta over the tokens), and with ``store_topk=K``: ``topk_ids`` and
 ``topk_logprobs`` (the UNsharpened teacher's K most likely ids per completion token, not renormalised; the tail mass
-is ``1 - sum(exp(topk_logprobs))``, see `hf_kd.topk`). ``tokenizer_signature``: the tokenizer the ids come from
-(`hf_kd.tokenizer_signature`), checked by `hf_kd.DistillationTrainer` against its own.
+is ``1 - sum(exp(topk_logprobs))``, see `hf_kd.topk`). ``token_id_signature``: the tokenizer the ids come
+from (`hf_kd.fingerprint.token_id_signature`), checked by `hf_kd.DistillationTrainer` against its own.
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .fingerprint import fingerprint_changes, teacher_fingerprint
+from .fingerprint import fingerprint_changes, teacher_fingerprint, token_id_signature
 from .sequence_sampling import sample_batch, sample_seed
 from .sharpening import check_selectivity
-from .tokenizer_signature import TOKENIZER_SIGNATURE_COLUMN, tokenizer_signature
+from .trainer_checks import TOKEN_ID_SIGNATURE_COLUMN
 from .validation import check_model_path, check_output_dir, check_token_ids, parse_dtype
 
 __all__ = [
@@ -82,7 +82,7 @@ def _schema(store_topk: int):
         ("teacher_logprob", pa.float64()),
         ("sampling_logprob", pa.float64()),
         ("mean_selectivity", pa.float64()),
-        (TOKENIZER_SIGNATURE_COLUMN, pa.string()),
+        (TOKEN_ID_SIGNATURE_COLUMN, pa.string()),
     ]
     if store_topk:
         fields += [("topk_ids", pa.list_(pa.list_(pa.int32()))), ("topk_logprobs", pa.list_(pa.list_(pa.float32())))]
@@ -448,11 +448,11 @@ def generate_distillation_dataset(
         "per_token_selectivity": per_token_selectivity if target_entropy is not None else None, "top_k": top_k,
         "top_p": top_p, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed,
         "store_topk": store_topk, "eos_token_ids": list(eos_token_ids),
-        "tokenizer_signature": tokenizer_signature(tokenizer),
         "command": command or " ".join([os.path.basename(sys.executable), *sys.argv]),
         "teacher_fingerprint": teacher_fingerprint(model, tokenizer, name_or_path=teacher_name, dtype=dtype),
     }  # fmt: skip
     record = {k: (str(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in record.items()}
+    id_signature = token_id_signature(tokenizer)  # stored with every sample, checked by DistillationTrainer
     os.makedirs(os.path.join(output_dir, "data"), exist_ok=True)
     _check_or_record_arguments(output_dir, record)
     _refuse_stray_shards(output_dir, num_samples, batch_size)
@@ -486,7 +486,7 @@ def generate_distillation_dataset(
             row["sample_id"], row["prompt"] = i, prompt_of[i]
             row["num_tokens"] = len(row["completion_ids"])
             row["completion"] = tokenizer.decode(row["completion_ids"], skip_special_tokens=True)
-            row[TOKENIZER_SIGNATURE_COLUMN] = record["tokenizer_signature"]
+            row[TOKEN_ID_SIGNATURE_COLUMN] = id_signature
         _write_atomic(pa.Table.from_pylist(rows, schema=schema), paths[k])
         new_tokens += sum(r["num_tokens"] for r in rows)
         new_samples += len(rows)

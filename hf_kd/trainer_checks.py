@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 
-from .tokenizer_signature import TOKENIZER_SIGNATURE_COLUMN, describe_tokenizer, tokenizer_signature
+from .fingerprint import token_id_signature
 
-__all__ = ["check_datasets", "check_teacher_tokenizer", "column_names", "iter_datasets"]
+__all__ = ["TOKEN_ID_SIGNATURE_COLUMN", "check_datasets", "check_teacher_tokenizer", "column_names", "iter_datasets"]
+
+# Written by hf_kd.generation next to every sample: `hf_kd.fingerprint.token_id_signature` of its tokenizer.
+TOKEN_ID_SIGNATURE_COLUMN = "token_id_signature"
 
 _CROSS_TOKENIZER = (
     "Token-level distillation compares distributions over the same token ids; for a teacher and student with "
@@ -29,6 +32,13 @@ def iter_datasets(train_dataset, eval_dataset):
         for ds in dataset.values() if isinstance(dataset, dict) else [dataset]:
             if ds is not None:
                 yield split, ds
+
+
+def describe_tokenizer(tokenizer) -> str:
+    """``'name' (signature ..., N tokens)`` for error messages."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    return f"{name!r} (signature {token_id_signature(tokenizer)}, {len(tokenizer)} tokens)"
 
 
 def _encodes_to_nothing(tokenizer, text: str) -> bool:
@@ -57,9 +67,9 @@ def check_datasets(train_dataset, eval_dataset, tokenizer, reads_dataset_complet
                         "to no token and there is nothing to condition on. Drop such rows (dataset.filter(lambda x: "
                         "x['prompt'].strip() != '')), or give the tokenizer a BOS token that it adds."
                     )
-        if reads_dataset_completions and tokenizer is not None and TOKENIZER_SIGNATURE_COLUMN in names:
-            recorded = ds[0][TOKENIZER_SIGNATURE_COLUMN] if len(ds) else None
-            if recorded is not None and recorded != tokenizer_signature(tokenizer):
+        if reads_dataset_completions and tokenizer is not None and TOKEN_ID_SIGNATURE_COLUMN in names:
+            recorded = ds[0][TOKEN_ID_SIGNATURE_COLUMN] if len(ds) else None
+            if recorded is not None and recorded != token_id_signature(tokenizer):
                 raise ValueError(
                     f"{split}'s completion_ids were written with a tokenizer of signature {recorded} (recorded by "
                     f"hf_kd.generate_distillation_dataset), but the trainer's tokenizer is "
@@ -91,7 +101,7 @@ def check_teacher_tokenizer(teacher, student_tokenizer) -> None:
     teacher_tokenizer = _saved_tokenizer(teacher)
     if teacher_tokenizer is None:
         return
-    if tokenizer_signature(teacher_tokenizer) != tokenizer_signature(student_tokenizer):
+    if token_id_signature(teacher_tokenizer) != token_id_signature(student_tokenizer):
         raise ValueError(
             f"the teacher's tokenizer {describe_tokenizer(teacher_tokenizer)} differs from the student's "
             f"{describe_tokenizer(student_tokenizer)}, so the same id means different text to each. "

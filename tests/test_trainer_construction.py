@@ -7,8 +7,8 @@ from conftest import make_llama, make_tokenizer
 from datasets import Dataset
 
 from hf_kd import DistillationConfig, DistillationTrainer
+from hf_kd.fingerprint import token_id_signature
 from hf_kd.generation import generate_distillation_dataset
-from hf_kd.tokenizer_signature import tokenizer_signature
 
 
 def build(tmp_path, train_dataset, tokenizer=None, teacher=None, **config):
@@ -84,13 +84,15 @@ def other_tokenizer():
 def test_signature_tells_tokenizers_apart_and_survives_save(tmp_path):
     tok, other = make_tokenizer(), other_tokenizer()
     assert len(tok) == len(other) and tok("the cat")["input_ids"] != other("the cat")["input_ids"]
-    assert tokenizer_signature(tok) != tokenizer_signature(other)
+    assert token_id_signature(tok) != token_id_signature(other)
     tok.save_pretrained(tmp_path)
     from transformers import AutoTokenizer
 
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
     reloaded.padding_side = "left"  # what TRL sets: not part of what maps text to ids
-    assert tokenizer_signature(reloaded) == tokenizer_signature(tok)
+    assert token_id_signature(reloaded) == token_id_signature(tok)
+    reloaded.chat_template, reloaded.eos_token = "{{ messages[0]['content'] }}", "<s>"  # an instruct variant's
+    assert token_id_signature(reloaded) == token_id_signature(tok)  # the same ids for the same text
 
 
 def test_teacher_saved_with_another_tokenizer(tmp_path):
@@ -112,7 +114,7 @@ def test_generated_dataset_from_another_tokenizer(tmp_path):
     tok, other = make_tokenizer(), other_tokenizer()
     data = generate_distillation_dataset(make_llama(len(other), 0), other, str(tmp_path / "samples"), 4,
                                          prompt="the", max_new_tokens=3, batch_size=2, progress=False)  # fmt: skip
-    assert set(data["tokenizer_signature"]) == {tokenizer_signature(other)}
+    assert set(data["token_id_signature"]) == {token_id_signature(other)}
     with pytest.raises(ValueError, match=r"signature [0-9a-f]{16}.*'other-tokenizer'|but the trainer's tokenizer"):
         build(tmp_path, data, tokenizer=tok, completion_source="dataset")
     trainer = build(tmp_path, data, tokenizer=other, completion_source="dataset")  # its own tokenizer: accepted
