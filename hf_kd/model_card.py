@@ -524,6 +524,8 @@ def results_from_trainer(trainer, **overrides) -> DistillationResults:
         loss_params["beta"] = args.beta
     if args.loss_type.startswith("skew_"):
         loss_params["skew_alpha"] = args.skew_alpha
+    if getattr(args, "temperature", 1.0) != 1.0:  # divides both sides' logits (the teacher's on top of selectivity)
+        loss_params["temperature"] = args.temperature
     fields = {
         "student_init": base or _name_or_path(student) or "unknown",
         "teacher": _name_or_path(getattr(trainer, "teacher_model", None)),
