@@ -17,24 +17,23 @@ from .losses import chunked_distillation_loss, default_chunk_size, logit_postpro
 from .resume import EpochSeededRepeatSampler, last_complete_checkpoint
 from .sharpening import entropy_from_log_probs, solve_selectivity, token_entropy
 from .topk import chunked_topk_distillation_loss, topk_teacher_log_probs
-from .trainer_checks import check_datasets, check_teacher_tokenizer, column_names, iter_datasets
+from .trainer_checks import (
+    COMPLETION_COLUMN,
+    COMPLETION_IDS_COLUMN,
+    FINISHED_COLUMN,
+    TOPK_COLUMNS,
+    check_datasets,
+    check_sources,
+    check_teacher_tokenizer,
+    has_topk,
+)
 
 __all__ = ["DistillationTrainer"]
 
-COMPLETION_COLUMN = "completion"
 _TEACHER_STATS = ("teacher_entropy", "teacher_entropy_sharpened", "selectivity")
-# Written by hf_kd.generation: the sampled ids (used as they are), whether the teacher stopped, its stored top-k.
-COMPLETION_IDS_COLUMN, FINISHED_COLUMN = "completion_ids", "finished"
-TOPK_COLUMNS = ("topk_ids", "topk_logprobs")
 # The multimodal inputs TRL's `_compute_loss` forwards to both backbones (VLMs); text-only batches have none.
 MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "spatial_shapes", "image_sizes",
                    "token_type_ids", "mm_token_type_ids", "image_position_ids")  # fmt: skip
-
-
-def _has_topk(train_dataset, eval_dataset) -> bool:
-    """Whether every given dataset stores the teacher's top-k log-probs (store_topk=K in hf_kd.generation)."""
-    found = [column_names(ds) for _, ds in iter_datasets(train_dataset, eval_dataset)]
-    return bool(found) and all(names is not None and set(TOPK_COLUMNS) <= set(names) for names in found)
 
 
 def _as_hf_kd_config(args) -> DistillationConfig:
@@ -117,35 +116,8 @@ class DistillationTrainer(trl.DistillationTrainer):
             args = DistillationConfig(f"{str(name).rstrip('/').split('/')[-1] or 'model'}-hf_kd")
         args = _as_hf_kd_config(args)
         sources = args.source_probabilities()
-        use_topk = sources.get("dataset", 0) > 0 and args.loss_type != "nll" and _has_topk(train_dataset, eval_dataset)
-        offline = set(sources) == {"dataset"} and (args.loss_type == "nll" or use_topk)
-        if teacher_model is None and not offline:
-            raise ValueError(
-                f"loss_type={args.loss_type!r} with completion_source={args.completion_source!r} needs a "
-                "teacher_model. Without one, train on completion_source='dataset' with loss_type='nll', or with a "
-                "KL-family loss on a dataset that stores the teacher's top-k log-probs (columns "
-                f"{list(TOPK_COLUMNS)}, written by hf_kd.generate_distillation_dataset(..., store_topk=K))."
-            )
-        sharpened = args.selectivity != args.temperature or args.target_entropy is not None
-        if use_topk and args.topk_tail == "bucket" and sharpened:
-            raise ValueError(
-                "the dataset stores the teacher's top-k log-probs and topk_tail='bucket' cannot sharpen or temper "
-                f"them (the tail's inner shape is unknown; selectivity={args.selectivity}, temperature="
-                f"{args.temperature}); set topk_tail='renormalize' to do it on the top-k support, or keep "
-                "selectivity / temperature = 1 and sample the dataset at the selectivity you want."
-            )
-        if tools and set(sources) != {"student"}:
-            raise ValueError("tools are only supported with completion_source='student' (multi-turn generation).")
-        if sources.get("dataset", 0) > 0:
-            for split, ds in iter_datasets(train_dataset, eval_dataset):
-                names = column_names(ds)
-                if names is not None and not {COMPLETION_COLUMN, COMPLETION_IDS_COLUMN} & set(names):
-                    raise ValueError(
-                        f"completion_source={args.completion_source!r} reads completions from a "
-                        f"'{COMPLETION_COLUMN}' column (or '{COMPLETION_IDS_COLUMN}'), but {split} has only {names}. "
-                        "Add the column (e.g. dataset.rename_column('response', 'completion')) or use another "
-                        "completion_source."
-                    )
+        use_topk = sources.get("dataset", 0) > 0 and args.loss_type != "nll" and has_topk(train_dataset, eval_dataset)
+        check_sources(args, sources, use_topk, teacher_model, tools, train_dataset, eval_dataset)
         check_datasets(train_dataset, eval_dataset, None, reads_dataset_completions=False)  # before TRL reads them
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         if tokenizer is not None and tokenizer.pad_token is None:

@@ -7,10 +7,15 @@ import os
 
 from .fingerprint import token_id_signature
 
-__all__ = ["TOKEN_ID_SIGNATURE_COLUMN", "check_datasets", "check_teacher_tokenizer", "column_names", "iter_datasets"]
+__all__ = ["check_datasets", "check_sources", "check_teacher_tokenizer", "column_names", "has_topk", "iter_datasets"]
 
 # Written by hf_kd.generation next to every sample: `hf_kd.fingerprint.token_id_signature` of its tokenizer.
 TOKEN_ID_SIGNATURE_COLUMN = "token_id_signature"
+# Dataset completions: free text, or (from hf_kd.generation) the sampled ids as they are, whether the teacher
+# stopped, and its stored top-k.
+COMPLETION_COLUMN = "completion"
+COMPLETION_IDS_COLUMN, FINISHED_COLUMN = "completion_ids", "finished"
+TOPK_COLUMNS = ("topk_ids", "topk_logprobs")
 
 _CROSS_TOKENIZER = (
     "Token-level distillation compares distributions over the same token ids; for a teacher and student with "
@@ -32,6 +37,44 @@ def iter_datasets(train_dataset, eval_dataset):
         for ds in dataset.values() if isinstance(dataset, dict) else [dataset]:
             if ds is not None:
                 yield split, ds
+
+
+def has_topk(train_dataset, eval_dataset) -> bool:
+    """Whether every given dataset stores the teacher's top-k log-probs (store_topk=K in hf_kd.generation)."""
+    found = [column_names(ds) for _, ds in iter_datasets(train_dataset, eval_dataset)]
+    return bool(found) and all(names is not None and set(TOPK_COLUMNS) <= set(names) for names in found)
+
+
+def check_sources(args, sources, use_topk, teacher_model, tools, train_dataset, eval_dataset) -> None:
+    """The completion sources and loss of `args` against what is given: a teacher, stored top-k, columns, tools."""
+    offline = set(sources) == {"dataset"} and (args.loss_type == "nll" or use_topk)
+    if teacher_model is None and not offline:
+        raise ValueError(
+            f"loss_type={args.loss_type!r} with completion_source={args.completion_source!r} needs a "
+            "teacher_model. Without one, train on completion_source='dataset' with loss_type='nll', or with a "
+            "KL-family loss on a dataset that stores the teacher's top-k log-probs (columns "
+            f"{list(TOPK_COLUMNS)}, written by hf_kd.generate_distillation_dataset(..., store_topk=K))."
+        )
+    sharpened = args.selectivity != args.temperature or args.target_entropy is not None
+    if use_topk and args.topk_tail == "bucket" and sharpened:
+        raise ValueError(
+            "the dataset stores the teacher's top-k log-probs and topk_tail='bucket' cannot sharpen or temper "
+            f"them (the tail's inner shape is unknown; selectivity={args.selectivity}, temperature="
+            f"{args.temperature}); set topk_tail='renormalize' to do it on the top-k support, or keep "
+            "selectivity / temperature = 1 and sample the dataset at the selectivity you want."
+        )
+    if tools and set(sources) != {"student"}:
+        raise ValueError("tools are only supported with completion_source='student' (multi-turn generation).")
+    if sources.get("dataset", 0) > 0:
+        for split, ds in iter_datasets(train_dataset, eval_dataset):
+            names = column_names(ds)
+            if names is not None and not {COMPLETION_COLUMN, COMPLETION_IDS_COLUMN} & set(names):
+                raise ValueError(
+                    f"completion_source={args.completion_source!r} reads completions from a "
+                    f"'{COMPLETION_COLUMN}' column (or '{COMPLETION_IDS_COLUMN}'), but {split} has only {names}. "
+                    "Add the column (e.g. dataset.rename_column('response', 'completion')) or use another "
+                    "completion_source."
+                )
 
 
 def describe_tokenizer(tokenizer) -> str:
