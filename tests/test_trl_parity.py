@@ -256,3 +256,12 @@ def test_config_values_reach_both_trainers_alike(tmp_path):
     assert abs(loss_ours.item() - loss_trl.item()) < 1e-5
     for name, g in grads_trl.items():
         torch.testing.assert_close(grads_ours[name], g, atol=1e-5, rtol=1e-4)
+
+
+def test_teacher_sampling_is_refused_for_vision_language_models(tmp_path):
+    tok = make_tokenizer()
+    args = DistillationConfig(str(tmp_path), report_to="none", completion_source="teacher", loss_type="nll")
+    with pytest.raises(ValueError, match="does not pass images to the teacher's generate"):
+        DistillationTrainer(model=_qwen2_vl(len(tok), 1), teacher_model=_qwen2_vl(len(tok), 0), args=args,
+                            train_dataset=Dataset.from_dict({"prompt": ["the cat"]}),
+                            processing_class=TinyVLProcessor(tok))  # fmt: skip
