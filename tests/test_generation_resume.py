@@ -84,8 +84,10 @@ def test_stray_shard_is_refused_not_mixed_in(tmp_path, tokenizer):
     generate(teacher, tmp_path / "run", tokenizer)
     stray = tmp_path / "run" / "data" / "train-00000-of-00001.parquet"
     pq.write_table(pq.read_table(tmp_path / "run" / "data" / "train-00000-of-00003.parquet"), stray)
-    # the reason: load_dataset reads every parquet file in data/, the API only its own shards
-    assert len(datasets.load_dataset(str(tmp_path / "run"), split="train")) == 8
+    # the reason: load_dataset reads every parquet file in data/, the API only its own shards. (A cache of our own:
+    # `datasets` keys a local folder's cache by its name and file patterns, so another test's "run" would read ours.)
+    loaded = datasets.load_dataset(str(tmp_path / "run"), split="train", cache_dir=str(tmp_path / "hf_cache"))
+    assert len(loaded) == 8
     with pytest.raises(ValueError, match=r"1 parquet file\(s\) that are not shards of this run "
                                          r"\(train-00000-of-00001.parquet\).*Remove them"):  # fmt: skip
         generate(teacher, tmp_path / "run", tokenizer)
