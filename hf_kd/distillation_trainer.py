@@ -16,7 +16,8 @@ from .lm_heads import head_weight_and_bias, logit_postprocessing
 from .losses import chunked_distillation_loss, default_chunk_size, logit_postprocess
 from .resume import EpochSeededRepeatSampler, last_complete_checkpoint
 from .sharpening import entropy_from_log_probs, solve_selectivity, token_entropy
-from .topk import chunked_topk_distillation_loss, topk_teacher_log_probs
+from .target_entropy import solve_head_selectivity
+from .topk import check_topk, chunked_topk_distillation_loss, topk_teacher_log_probs
 from .trainer_checks import (
     COMPLETION_COLUMN,
     COMPLETION_IDS_COLUMN,
@@ -172,7 +173,7 @@ class DistillationTrainer(trl.DistillationTrainer):
     def _set_signature_columns_if_needed(self):
         # TRL keeps only the prompt (and images) when remove_unused_columns=True; the dataset source needs its columns.
         super()._set_signature_columns_if_needed()
-        extra = [COMPLETION_COLUMN, COMPLETION_IDS_COLUMN, FINISHED_COLUMN, *TOPK_COLUMNS]
+        extra = [COMPLETION_COLUMN, COMPLETION_IDS_COLUMN, FINISHED_COLUMN, *TOPK_COLUMNS, "sample_id"]
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *extra]))
 
     def _get_train_sampler(self, dataset=None):
@@ -247,6 +248,10 @@ class DistillationTrainer(trl.DistillationTrainer):
                     "hf_kd.generate_distillation_dataset writes them); do not edit completions of such a dataset."
                 )
             rows.append((torch.as_tensor(top_ids, dtype=torch.long), torch.as_tensor(top_lp, dtype=torch.float32)))
+            name = (
+                f"sample_id {x['sample_id']}" if "sample_id" in x else f"the row with prompt {str(x['prompt'])[:60]!r}"
+            )
+            check_topk(*rows[-1], self.model.config.get_text_config().vocab_size, f"dataset {name}")
         k = rows[0][0].shape[-1]
         out_ids = torch.zeros(len(rows), width, k, dtype=torch.long)
         out_lp = torch.zeros(len(rows), width, k, dtype=torch.float32)
@@ -444,13 +449,9 @@ class DistillationTrainer(trl.DistillationTrainer):
         if h_t.shape[0] == 0:
             return 1.0
 
-        def logits(sl):
-            z = logit_postprocess(torch.nn.functional.linear(h_t[sl], weight, bias), *post.values())
-            return z.float() / self.temperature
+        def at_temperature(z):  # the teacher the loss uses is softmax(beta * post(z) / T)
+            return logit_postprocess(z, *post.values()).float() / self.temperature
 
-        if args.per_token_selectivity:  # each token is independent: solve chunk by chunk, memory bounded
-            chunks = self._chunks(h_t.shape[0])
-            parts = [solve_selectivity(logits(sl), args.target_entropy, per_token=True) for sl in chunks]
-            return torch.cat(parts).to(h_t.dtype)
-        # One beta for the batch couples every token: this needs the (N, V) teacher logits of the scored tokens.
-        return solve_selectivity(logits(slice(None)), args.target_entropy).item()
+        return solve_head_selectivity(
+            h_t, weight, bias, args.target_entropy, args.per_token_selectivity, args.loss_chunk_size, at_temperature
+        )

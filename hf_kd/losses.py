@@ -17,6 +17,24 @@ The generalized JSD follows TRL's ``generalized_jsd_loss``: ``l = 0`` is forward
 | ``tvd``            | ``0.5 * sum |p - q|``                                  |
 
 Reduction: ``sum(mask * value) / num_items_in_batch`` when given, else the mean over unmasked positions.
+
+Masked vocabularies: a ``-inf`` logit is an id with zero probability (a padded or constrained vocabulary, an
+lm_head bias of ``-inf``), in the teacher, the student or both. Every loss stays finite, with gradients, and equals
+the loss on the unmasked support when both models mask the same ids. Where the teacher has no mass (``p_v = 0``)
+and the student has some (``q_v > 0``):
+
+- ``forward_kl``: those ids add no term, and the student pays through its normalisation (``log q`` falls on the
+  teacher's support): the exact, finite KL.
+- ``reverse_kl`` (and ``skew_reverse_kl`` at ``a = 0``, ``generalized_jsd`` at ``l = 1``): the exact value is
+  ``+inf``. We use ``KL(q_S || p) - log Q_S``: ``Q_S`` is the student's mass on the teacher's support ``S`` and
+  ``q_S = q / Q_S`` there. It equals the reverse KL when ``Q_S = 1`` and charges ``-log Q_S`` (finite, zero only
+  without stray mass, growing without bound as ``Q_S -> 0``) for mass off the support.
+- ``generalized_jsd``, ``skew_forward_kl``, ``skew_reverse_kl``: the mixture ``m`` is positive wherever ``q`` is,
+  so the exact value is finite (``skew_reverse_kl`` charges ``q_v log(1 / a)`` per such id).
+- ``tvd``: exact; stray student mass counts in full. ``nll``: no teacher.
+
+A student with ``-inf`` where the teacher has mass makes forward-type losses truly infinite: that is refused with
+an error, as is any other non-finite loss.
 """
 
 from __future__ import annotations
@@ -25,9 +43,16 @@ import math
 
 import torch
 
-from .sharpening import _check_finite, check_selectivity, entropy_from_log_probs
+from .sharpening import check_logits, check_selectivity, entropy_from_log_probs
 
-__all__ = ["LOSS_TYPES", "chunked_distillation_loss", "distillation_loss", "logit_postprocess", "token_divergence"]
+__all__ = [
+    "LOSS_TYPES",
+    "chunked_distillation_loss",
+    "distillation_loss",
+    "head_logits",
+    "logit_postprocess",
+    "token_divergence",
+]
 
 LOGITS_PER_CHUNK = 2**22
 
@@ -41,9 +66,26 @@ LOSS_TYPES = ("nll", "forward_kl", "reverse_kl", "generalized_jsd", "skew_forwar
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """``sum_v p_v (log p_v - log q_v)`` over the last dim, with ``0 log 0 = 0`` (the only source of NaN here)."""
-    terms = log_p.exp() * (log_p - log_q)
-    return terms.nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf).sum(-1)
+    """``sum_v p_v (log p_v - log q_v)`` over the last dim; ids with ``p_v = 0`` add 0 (also when ``q_v = 0``)."""
+    p = log_p.exp()
+    # where, not a fill after the product: autograd would meet 0 * (-inf - -inf) = NaN in the product's backward.
+    return (p * torch.where(p > 0, log_p - log_q, 0.0)).sum(-1)
+
+
+def _restrict(log_q: torch.Tensor, log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log q_S, log Q_S)``: the student renormalised on the teacher's support ``S = {p > 0}``, and its mass there.
+
+    Shapes `(..., V)` -> `(..., V)` (``-inf`` off ``S``) and `(..., 1)`.
+    """
+    log_q_s = log_q.masked_fill(log_p == -math.inf, -math.inf)
+    log_mass = torch.logsumexp(log_q_s, dim=-1, keepdim=True)
+    return log_q_s - log_mass, log_mass
+
+
+def _reverse_kl(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """``KL(q_S || p) - log Q_S`` (see the module docstring): the reverse KL when the student stays on ``S``."""
+    log_q_s, log_mass = _restrict(log_q, log_p)
+    return _kl(log_q_s, log_p) - log_mass.squeeze(-1)
 
 
 def _log_mix(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float) -> torch.Tensor:
@@ -79,24 +121,35 @@ def token_divergence(
     if loss_type == "forward_kl":
         return _kl(log_p, log_q)
     if loss_type == "reverse_kl":
-        return _kl(log_q, log_p)
+        return _reverse_kl(log_q, log_p)
     if loss_type == "generalized_jsd":
         if jsd_beta == 0:
             return _kl(log_p, log_q)
         if jsd_beta == 1:
-            return _kl(log_q, log_p)
+            return _reverse_kl(log_q, log_p)
         log_m = _log_mix(log_p, log_q, jsd_beta)
         return jsd_beta * _kl(log_p, log_m) + (1 - jsd_beta) * _kl(log_q, log_m)
     if loss_type == "skew_forward_kl":
         return _kl(log_p, log_q if skew_alpha == 0 else _log_mix(log_p, log_q, skew_alpha))
     if loss_type == "skew_reverse_kl":
-        return _kl(log_q, log_p if skew_alpha == 0 else _log_mix(log_p, log_q, 1 - skew_alpha))
+        if skew_alpha == 0:
+            return _reverse_kl(log_q, log_p)
+        return _kl(log_q, _log_mix(log_p, log_q, 1 - skew_alpha))
     if loss_type == "tvd":
         return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
     raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}.")
 
 
-def _check_arguments(loss_type, labels, teacher, jsd_beta, skew_alpha, temperature):
+def _is_reverse_kl(loss_type: str, jsd_beta: float, skew_alpha: float) -> bool:
+    """Whether the loss is the plain reverse KL (also generalized JSD at l = 1 and skew reverse KL at a = 0)."""
+    return (
+        loss_type == "reverse_kl"
+        or (loss_type == "generalized_jsd" and jsd_beta == 1)
+        or (loss_type == "skew_reverse_kl" and skew_alpha == 0)
+    )
+
+
+def _check_arguments(loss_type, labels, teacher, jsd_beta, skew_alpha, temperature, selectivity):
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}.")
     if loss_type == "nll" and labels is None:
@@ -107,8 +160,10 @@ def _check_arguments(loss_type, labels, teacher, jsd_beta, skew_alpha, temperatu
         raise ValueError(f"jsd_beta must be in [0, 1] (got {jsd_beta}); 0 is forward KL, 1 is reverse KL.")
     if not 0.0 <= skew_alpha < 1.0:
         raise ValueError(f"skew_alpha must be in [0, 1) (got {skew_alpha}); DistiLLM uses 0.1.")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (got {temperature}).")
+    if not 0 < temperature < math.inf:
+        raise ValueError(f"temperature must be a positive finite number (got {temperature}).")
+    if loss_type != "nll":
+        check_selectivity(selectivity, allow_inf=False)
 
 
 def _check_vocab(student_vocab: int, teacher_vocab: int) -> None:
@@ -197,13 +252,11 @@ def distillation_loss(
     Returns:
         `torch.Tensor`: scalar loss.
     """
-    _check_arguments(loss_type, labels, teacher_logits, jsd_beta, skew_alpha, temperature)
-    _check_finite(student_logits.detach(), "student logits")
-    if teacher_logits is not None:
+    _check_arguments(loss_type, labels, teacher_logits, jsd_beta, skew_alpha, temperature, selectivity)
+    check_logits(student_logits, "student logits")
+    if teacher_logits is not None and loss_type != "nll":
         _check_vocab(student_logits.shape[-1], teacher_logits.shape[-1])
-        _check_finite(teacher_logits.detach(), "teacher logits")
-    if loss_type != "nll":
-        check_selectivity(selectivity)
+        check_logits(teacher_logits, "teacher logits")
     if mask is None:
         mask = _default_mask(student_logits.shape[:-1], labels, student_logits.device)
     elif labels is not None:
@@ -213,7 +266,17 @@ def distillation_loss(
     )
     mask = mask.bool()
     total = torch.where(mask, per_token, torch.zeros_like(per_token)).sum()
+    _check_total(total, loss_type)
     return _reduce(total, mask.sum(), num_items_in_batch)
+
+
+def _check_total(total: torch.Tensor, loss_type: str) -> None:
+    if not torch.isfinite(total):
+        raise ValueError(
+            f"the {loss_type} loss is {total.item()}: the student gives zero probability (a -inf logit, e.g. an "
+            "lm_head bias of -inf) to an id where the teacher has mass or to a label, which makes it infinite, or "
+            "the logits overflowed (selectivity * logits beyond float32). Mask the same ids in both models."
+        )
 
 
 def _logit_grad(
@@ -232,10 +295,14 @@ def _logit_grad(
     the softmax gives ``dL/dz = q * (g - sum_v q_v g_v) / T``. Per loss:
 
     - nll: ``dL/dz = (q - onehot(label)) / T``; forward KL: ``dL/dz = (q - p) / T``;
-    - reverse KL: ``g = log q - log p``; skew reverse KL: ``g = log q - log m - a q / m``, ``m = (1 - a) p + a q``;
+    - reverse KL: ``g = log q_S - log p`` on the teacher's support ``S`` (module docstring), so that
+      ``dL/dz = (q_S * (g - sum_S q_S g) - q_S + q) / T``;
+    - skew reverse KL: ``g = log q - log m - a q / m``, ``m = (1 - a) p + a q``;
     - skew forward KL: ``g = -(1 - a) p / m``, ``m = a p + (1 - a) q``;
     - generalized JSD (weight l): ``g = (1 - l) (log q - log m)``, ``m = l p + (1 - l) q``;
     - TVD: ``g = sign(q - p) / 2``.
+
+    Where the student is masked (``q_v = 0``) ``g_v`` may be ``-inf``; it meets the factor ``q_v = 0`` and is set to 0.
     """
     log_q, log_p = _log_probs(student_logits, None if loss_type == "nll" else teacher_logits, selectivity, temperature)
     q = log_q.exp()
@@ -246,17 +313,22 @@ def _logit_grad(
         return (q - log_p.exp()).div_(temperature)
     if loss_type == "skew_forward_kl" and skew_alpha == 0:
         return (q - log_p.exp()).div_(temperature)
-    if loss_type == "reverse_kl" or (loss_type == "generalized_jsd" and jsd_beta == 1):
-        g = log_q - log_p
-    elif loss_type == "generalized_jsd":
+    if _is_reverse_kl(loss_type, jsd_beta, skew_alpha):
+        log_q_s, _ = _restrict(log_q, log_p)
+        q_s = log_q_s.exp()
+        g = log_q_s.sub_(log_p).masked_fill_(q_s == 0, 0.0)
+        g.sub_((q_s * g).sum(-1, keepdim=True)).sub_(1.0).mul_(q_s)
+        return g.add_(q).div_(temperature)
+    if loss_type == "generalized_jsd":
         g = (log_q - _log_mix(log_p, log_q, jsd_beta)).mul_(1 - jsd_beta)
     elif loss_type == "skew_forward_kl":
         g = (log_p - _log_mix(log_p, log_q, skew_alpha)).exp_().mul_(-(1 - skew_alpha))
     elif loss_type == "skew_reverse_kl":
-        log_m = log_p if skew_alpha == 0 else _log_mix(log_p, log_q, 1 - skew_alpha)
+        log_m = _log_mix(log_p, log_q, 1 - skew_alpha)
         g = log_q - log_m - skew_alpha * (log_q - log_m).exp()
     else:  # tvd
         g = torch.sign(q - log_p.exp()).mul_(0.5)
+    g.masked_fill_(q == 0, 0.0)
     g.sub_((q * g).sum(-1, keepdim=True))
     return g.mul_(q).div_(temperature)
 
@@ -282,6 +354,7 @@ class _ChunkedLinearLoss(torch.autograd.Function):
             ).sum()
             if stats is not None:  # logging only: the log-probs are at hand, so the entropies cost one pass each
                 _add_entropy_stats(stats, log_q, log_p, z_t, chunk_beta, temperature)
+        _check_total(total, loss_type)
         ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t, labels, beta if isinstance(beta, torch.Tensor) else None)
         ctx.beta, ctx.chunk_size, ctx.kwargs, ctx.post = beta, chunk_size, kwargs, post
         return total
@@ -344,14 +417,25 @@ def logit_postprocess_grad(processed: torch.Tensor, scale: float = 1.0, softcap:
     return (1 - (processed / softcap).square()).mul_(scale)
 
 
+def head_logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, name: str) -> torch.Tensor:
+    """Logits ``h @ W.T + b`` of a chunk of tokens, `(n, H)` -> `(n, V)`; recomputed in float32 when a 16-bit matmul
+    overflowed (float16 stops at 65504), so large logits give the right loss instead of inf/NaN. ``-inf`` (a masked
+    id, e.g. from the bias) is kept; NaN and +inf that survive are refused."""
+    z = torch.nn.functional.linear(h, w, b)
+    if z.dtype in (torch.float16, torch.bfloat16) and not bool(z.detach().amax() < math.inf):
+        z = torch.nn.functional.linear(h.float(), w.float(), None if b is None else b.float())
+    check_logits(z, f"{name} logits (hidden states @ lm_head weight)")
+    return z
+
+
 def _chunks(h_s, w_s, b_s, h_t, w_t, b_t, labels, beta, chunk_size, post=((1.0, None), (1.0, None))):
     """Yield ``(slice, student logits, teacher logits, labels, selectivity)`` for each chunk of tokens; the logits
     are post-processed as `post` = ``((student scale, softcap), (teacher scale, softcap))`` says."""
     per_token_beta = isinstance(beta, torch.Tensor) and beta.dim() > 0
     for start in range(0, h_s.shape[0], chunk_size):
         sl = slice(start, start + chunk_size)
-        z_s = logit_postprocess(torch.nn.functional.linear(h_s[sl], w_s, b_s), *post[0])
-        z_t = None if h_t is None else logit_postprocess(torch.nn.functional.linear(h_t[sl], w_t, b_t), *post[1])
+        z_s = logit_postprocess(head_logits(h_s[sl], w_s, b_s, "student"), *post[0])
+        z_t = None if h_t is None else logit_postprocess(head_logits(h_t[sl], w_t, b_t, "teacher"), *post[1])
         yield sl, z_s, z_t, None if labels is None else labels[sl], beta[sl] if per_token_beta else beta
 
 
@@ -404,7 +488,7 @@ def chunked_distillation_loss(
     Returns:
         `torch.Tensor`: scalar loss, equal to `distillation_loss` on the full logits.
     """
-    _check_arguments(loss_type, labels, teacher_hidden, jsd_beta, skew_alpha, temperature)
+    _check_arguments(loss_type, labels, teacher_hidden, jsd_beta, skew_alpha, temperature, selectivity)
     if chunk_size is None:
         chunk_size = default_chunk_size(student_weight.shape[0])
     if chunk_size < 1:
@@ -412,13 +496,12 @@ def chunked_distillation_loss(
     if loss_type == "nll":
         teacher_hidden = teacher_weight = teacher_bias = None
     else:
-        check_selectivity(selectivity)
         if teacher_weight is None:
             raise ValueError(f"loss_type={loss_type!r} needs teacher_weight (the teacher's lm_head weight).")
         _check_vocab(student_weight.shape[0], teacher_weight.shape[0])
-    _check_finite(student_hidden.detach(), "student hidden states")
-    if teacher_hidden is not None:
-        _check_finite(teacher_hidden.detach(), "teacher hidden states")
+    for name, hidden in (("student", student_hidden), ("teacher", teacher_hidden)):
+        if hidden is not None and not torch.isfinite(hidden.detach()).all():
+            raise ValueError(f"{name} hidden states contain NaN or infinite values; check the model's forward.")
     positions = student_hidden.shape[:-1]
     if mask is None:
         mask = _default_mask(positions, labels, student_hidden.device)

@@ -29,9 +29,57 @@ from torch.utils.checkpoint import checkpoint
 from .losses import LOSS_TYPES, _reduce, default_chunk_size, logit_postprocess, token_divergence
 from .sharpening import check_selectivity
 
-__all__ = ["TAIL_MODES", "chunked_topk_distillation_loss", "topk_distillation_loss", "topk_teacher_log_probs"]
+__all__ = [
+    "TAIL_MODES",
+    "check_topk",
+    "chunked_topk_distillation_loss",
+    "topk_distillation_loss",
+    "topk_teacher_log_probs",
+]
 
 TAIL_MODES = ("bucket", "renormalize")
+
+
+def check_topk(
+    topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, vocab_size: int | None = None, where: str = "top-k"
+) -> None:
+    """Raise a `ValueError` naming `where` unless stored top-k rows are usable teacher log-probabilities.
+
+    Refused: NaN or positive log-probabilities (a log-probability is <= 0), a position whose K log-probabilities are
+    all ``-inf`` (no distribution), an id stored twice at one position, an id outside ``[0, vocab_size)``. ``-inf``
+    entries (ids the teacher masks) are accepted.
+
+    Args:
+        topk_ids (`torch.Tensor` of shape `(..., K)`): token ids.
+        topk_logprobs (`torch.Tensor` of shape `(..., K)`): their log-probabilities.
+        vocab_size (`int`, *optional*): the vocabulary size the ids must fall in.
+        where (`str`): what to name in the message, e.g. ``"dataset row with sample_id 12"``.
+    """
+    lp = torch.as_tensor(topk_logprobs)
+    ids = torch.as_tensor(topk_ids)
+    if lp.numel() == 0:
+        return
+
+    def fail(problem: str, mask: torch.Tensor) -> ValueError:
+        position = tuple(int(i) for i in mask.nonzero()[0])
+        return ValueError(
+            f"{where}: the stored top-k {problem} (first at position {position}). Such log-probabilities are not a "
+            "teacher distribution; regenerate the dataset with hf_kd.generate_distillation_dataset(..., store_topk=K) "
+            "or fix that row."
+        )
+
+    if torch.isnan(lp).any():
+        raise fail("log-probabilities contain NaN", torch.isnan(lp))
+    if (lp > 0).any():
+        raise fail(f"log-probabilities contain a positive value ({lp.max().item():.4g} > 0)", lp > 0)
+    if torch.isneginf(lp).all(dim=-1).any():
+        raise fail("log-probabilities are all -inf at a position", torch.isneginf(lp).all(dim=-1))
+    if vocab_size is not None and ((ids < 0) | (ids >= vocab_size)).any():
+        raise fail(f"ids fall outside the vocabulary [0, {vocab_size})", (ids < 0) | (ids >= vocab_size))
+    ordered = ids.sort(dim=-1).values
+    duplicate = (ordered[..., 1:] == ordered[..., :-1]).any(dim=-1)
+    if duplicate.any():
+        raise fail("ids repeat an id at one position", duplicate)
 
 
 def topk_teacher_log_probs(
@@ -111,7 +159,7 @@ def topk_distillation_loss(
         raise ValueError(f"loss_type={loss_type!r} is not a divergence; choose one of {LOSS_TYPES[1:]}.")
     if tail not in TAIL_MODES:
         raise ValueError(f"tail={tail!r} is unknown; choose 'bucket' (tail mass as one outcome) or 'renormalize'.")
-    check_selectivity(selectivity)
+    check_selectivity(selectivity, allow_inf=False)
     if not temperature > 0 or not math.isfinite(temperature):
         raise ValueError(f"temperature must be a positive number (got {temperature}).")
     teacher_scale = selectivity / temperature
@@ -127,6 +175,7 @@ def topk_distillation_loss(
         )
     if topk_ids.shape[-1] > student_logits.shape[-1]:
         raise ValueError(f"K = {topk_ids.shape[-1]} exceeds the student's vocabulary ({student_logits.shape[-1]}).")
+    check_topk(topk_ids, topk_logprobs.detach(), student_logits.shape[-1], "topk_distillation_loss")
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
     log_q = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
     ids = topk_ids.long().to(log_q.device)

@@ -39,6 +39,8 @@ def test_explicit_checkpointing_is_kept(tmp_path):
     [
         ({"selectivity": 0.0}, "selectivity must be > 0"),
         ({"selectivity": -2.0}, "selectivity must be > 0"),
+        ({"selectivity": 1e39, "loss_type": "nll"}, "beyond float32's range"),
+        ({"selectivity": 1e100}, "beyond float32's range"),
         ({"selectivity": float("inf"), "loss_type": "forward_kl"}, "only works with loss_type='nll'"),
         ({"selectivity": 2.0, "target_entropy": 1.0}, "both set.*Keep selectivity=1.0"),
         ({"target_entropy": 0.0}, "target_entropy must be > 0"),

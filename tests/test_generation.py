@@ -233,6 +233,8 @@ def test_cli_loads_a_teacher_by_path(tmp_path, tokenizer, sharp_teacher):
         ({"num_samples": 0}, "num_samples must be a positive integer"),
         ({"selectivity": 2.0, "temperature": 0.5}, "not several"),
         ({"selectivity": -1.0}, "selectivity must be > 0"),
+        ({"selectivity": 1e39}, "beyond float32's range"),
+        ({"temperature": 1e-100}, "beyond float32's range"),
         ({"top_p": 1.5}, "top_p must be in"),
         ({"store_topk": 10_000}, "exceeds the vocabulary"),
         ({"prompt": "a", "prompts": ["b"]}, "not both"),

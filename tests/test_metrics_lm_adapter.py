@@ -109,6 +109,10 @@ def test_bad_inputs_raise(adapter, tokenizer):
         adapter.sample(2, selectivity=2.0, temperature=0.5)
     with pytest.raises(ValueError, match="selectivity"):
         adapter.sample(2, selectivity=0.0)
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        adapter.sample(2, selectivity=1e39)
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        adapter.sample(2, temperature=1e-100)
 
 
 def test_sample_reproducible_and_greedy(adapter, teacher_model, tokenizer):

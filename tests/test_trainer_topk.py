@@ -154,6 +154,35 @@ def test_errors_without_a_teacher_or_with_an_impossible_sharpening(tmp_path, tok
         DistillationConfig(str(tmp_path), topk_tail="drop", report_to="none")
 
 
+@pytest.mark.parametrize(
+    "column, value, match",
+    [
+        ("topk_logprobs", math.nan, r"sample_id 5: .*log-probabilities contain NaN \(first at position \(2, 1\)\)"),
+        ("topk_logprobs", 0.25, r"sample_id 5: .*positive value \(0\.25 > 0\)"),
+        ("topk_ids", "duplicate", r"sample_id 5: .*repeat an id at one position \(first at position \(2,\)\)"),
+    ],
+)
+def test_corrupt_stored_topk_is_refused_naming_the_row(tmp_path, tokenizer, full_topk_dataset, column, value, match):
+    """NaN or positive stored log-probs and duplicate ids are refused when the batch is read (they were zeroed or
+    accepted silently), naming the dataset row."""
+
+    def damage(row):
+        if row["sample_id"] == 5:
+            stored = [list(r) for r in row[column]]
+            stored[2][1] = stored[2][0] if value == "duplicate" else value
+            row = {**row, column: stored}
+        return row
+
+    ds = full_topk_dataset.map(damage)
+    trainer = make_trainer(tmp_path, tokenizer, ds, loss_type="forward_kl", completion_source="dataset",
+                           remove_unused_columns=True)  # fmt: skip
+    trainer.model.train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "sample_id" in batch[0]  # kept so that the message can name the row
+    with pytest.raises(ValueError, match=match):
+        trainer._generate_and_score_completions(list(ds))
+
+
 def test_dataset_columns_survive_remove_unused_columns(tmp_path, tokenizer, full_topk_dataset):
     trainer = make_trainer(tmp_path, tokenizer, full_topk_dataset, loss_type="forward_kl",
                            completion_source="dataset", remove_unused_columns=True)  # fmt: skip

@@ -360,6 +360,8 @@ class CausalLMAdapter:
         temperature = 1.0 if temperature is None else float(temperature)
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (got {temperature}); 0 means greedy decoding.")
+        if temperature > 0:
+            check_selectivity(1.0 / temperature)  # a temperature below 3e-39 is a beta beyond float32
         tok = self.tokenizer
         prompts = self._prompt_ids(prompt, n)
         if prompts is None:

@@ -58,7 +58,8 @@ def sharpen_log_weights(log_weights: torch.Tensor, selectivity: float) -> torch.
     if math.isinf(selectivity):
         is_max = log_weights == log_weights.max()
         return torch.where(is_max, 0.0, float("-inf")).to(log_weights) - is_max.sum().to(log_weights).log()
-    return torch.log_softmax(selectivity * log_weights, dim=-1)
+    # float64: beta * log a stays finite for any finite beta (in float32 a beta above 3.4e38 gave NaN weights).
+    return torch.log_softmax(selectivity * log_weights.double(), dim=-1).to(log_weights.dtype)
 
 
 def gaussian_log_prob(
