@@ -42,6 +42,13 @@ def cli_args(teacher: Path, output_dir: Path) -> list[str]:
             "--vllm-kwargs", json.dumps(ENGINE), "--no-progress"]  # fmt: skip
 
 
+def load_generated(path: Path):
+    """The dataset in `path`, read through a cache of its own: `datasets` keys a local folder's cache by the folder's
+    name, so another session's folder of the same name (e.g. "run") would be read instead."""
+    cache = Path(path).with_name(Path(path).name + "-hf-cache")
+    return datasets.load_dataset(str(path), split="train", cache_dir=str(cache)).sort("sample_id")
+
+
 def run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -80,7 +87,7 @@ def straight(tmp_path_factory, teacher_dir):
     out = tmp_path_factory.mktemp("straight")
     done = run([sys.executable, "-m", "hf_kd.cli", "generate", *cli_args(teacher_dir, out)])
     assert done.returncode == 0, done.stderr.decode()[-4000:]
-    return out, datasets.load_dataset(str(out), split="train").sort("sample_id")
+    return out, load_generated(out)
 
 
 def test_columns_match_an_independent_transformers_scorer(straight, teacher):
@@ -159,14 +166,14 @@ def test_kill_and_resume_gives_the_uninterrupted_dataset(tmp_path, teacher_dir, 
     resumed = run([sys.executable, str(SCRIPT), *args])
     assert resumed.returncode == 0, resumed.stderr.decode()[-4000:]
     assert not [f for f in os.listdir(out / "data") if f.startswith(".")]  # the half-written shard was cleaned up
-    assert_same_samples(datasets.load_dataset(str(out), split="train").sort("sample_id"), straight[1])
+    assert_same_samples(load_generated(out), straight[1])
 
 
 def test_two_ranks_give_the_one_process_dataset(tmp_path, teacher_dir, straight):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
     two = run([*torchrun, str(SCRIPT), *cli_args(teacher_dir, tmp_path)])
     assert two.returncode == 0, two.stderr.decode()[-4000:]
-    assert_same_samples(datasets.load_dataset(str(tmp_path), split="train").sort("sample_id"), straight[1])
+    assert_same_samples(load_generated(tmp_path), straight[1])
 
 
 def test_loaded_models_and_target_entropy_are_refused(teacher, tmp_path):
