@@ -274,14 +274,7 @@ class DistillationResults:
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> DistillationResults:
         """Read a results JSON written by [`to_json`]."""
-        if not os.path.isfile(path):
-            raise ValueError(f"results file {str(path)!r} does not exist; give the results JSON a recipe wrote.")
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{os.path.basename(path)} is not valid JSON: {err}.") from None
-        return cls.from_dict(data)
+        return cls.from_dict(_read_json(path))
 
     def to_json(self, path: str | os.PathLike) -> str:
         """Write the results JSON (indented, UTF-8); returns the path."""
@@ -694,14 +687,21 @@ def write_trainer_model_card(
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
+def _read_json(path: str | os.PathLike):
+    if not os.path.isfile(path):
+        raise ValueError(f"results file {str(path)!r} does not exist; give the results JSON a recipe wrote.")
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{os.path.basename(path)} is not valid JSON: {err}.") from None
+
+
 def load_results_file(path: str | os.PathLike) -> dict[str | None, DistillationResults]:
     """The students of a results JSON by run name: a recipe's sweep (``{"rows": [{"name": ..., <DistillationResults
     keys>}, ...]}``, e.g. ``outputs/quickstart/results.json``), or one student's file (``{None: results}``)."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a results object.")
-    if "rows" not in data:
+    data = _read_json(path)
+    if not isinstance(data, dict) or "rows" not in data:
         return {None: DistillationResults.from_dict(data)}
     rows = data["rows"]
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and "name" in r for r in rows):
