@@ -104,9 +104,9 @@ def test_push_uploads_exactly_the_model_and_its_card(saved_student, hub, tmp_pat
     assert_no_leak(folder, str(saved_student.parent), "/tmp/")
 
     card = ModelCard.load(folder / "README.md")
-    evals = card.data.eval_results
-    metrics = {r.metric_type: (r.metric_value, r.metric_args["ci_low"], r.metric_args["ci_high"]) for r in evals}
-    assert metrics == {"kd_precision": (-2.5, -2.6, -2.4), "kd_recall": (-4.25, -4.5, -4.0)}
+    evaluation = card.data.distillation["evaluation"]  # samples of a reference model: not a model-index dataset
+    metrics = {side: (evaluation[side], *evaluation[f"{side}_ci"]) for side in ("precision", "recall")}
+    assert metrics == {"precision": (-2.5, -2.6, -2.4), "recall": (-4.25, -4.5, -4.0)}
     assert card.data.model_name == "tiny-kd" and card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "`teacher` (a local checkpoint)" in card.text and "--output_dir student" in card.text
 

@@ -109,6 +109,7 @@ def test_readme_cpu_quick_start_runs_as_written(tmp_path, monkeypatch, capsys):
     namespace = {}
     exec(compile(cpu_quick_start_snippet(), "README.md", "exec"), namespace)
     cpu_minutes = (time.process_time() - start) / 60  # CPU time, all threads: not inflated by a busy machine
+    print(f"README CPU quick start: {cpu_minutes:.1f} CPU minutes (all threads)")
     scores, trainer = namespace["scores"], namespace["trainer"]
     assert trainer.state.global_step == 24 and scores["precision_num_samples"] == 64
     assert scores["precision_ci"][0] <= scores["precision"] <= scores["precision_ci"][1]
