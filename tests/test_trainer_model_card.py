@@ -65,4 +65,10 @@ def test_card_includes_measured_precision_and_recall(trainer, tmp_path):
     trainer.save_model(str(tmp_path / "saved"))
     text = (tmp_path / "saved" / "README.md").read_text()
     assert_hf_kd_card(text, tmp_path)
-    assert "-3.25" in text and "-4.5" in text and "kd_precision" in text
+    assert "-3.25" in text and "-4.5" in text
+    from huggingface_hub import ModelCard
+
+    # samples of a reference model are no Hub dataset: the numbers sit under distillation.evaluation, not model-index
+    evaluation = ModelCard(text).data.distillation["evaluation"]
+    assert (evaluation["precision"], evaluation["recall"]) == (-3.25, -4.5)
+    assert evaluation["precision_ci"] == [-3.5, -3.0] and evaluation["recall_ci"] == [-4.75, -4.25]
