@@ -338,9 +338,12 @@ def _sharpening_md(r: DistillationResults) -> str:
         return "not recorded"
     if math.isinf(r.selectivity):
         return "greedy teacher (selectivity beta = inf: argmax decoding)"
+    # `temperature` divides both models' logits (TRL's meaning); selectivity scales the teacher's on top.
+    temperature = r.loss_params.get("temperature", 1.0)
     if r.selectivity == 1.0:
-        return "none (selectivity beta = 1: the teacher as is)"
-    return f"selectivity beta = {_fmt(r.selectivity)} (teacher temperature {_fmt(1 / r.selectivity)})"
+        shared = "" if temperature == 1.0 else f", both models at temperature {_fmt(temperature)}"
+        return f"none (selectivity beta = 1: the teacher as is{shared})"
+    return f"selectivity beta = {_fmt(r.selectivity)} (teacher temperature {_fmt(temperature / r.selectivity)})"
 
 
 def _source_md(source) -> str:

@@ -152,6 +152,11 @@ def test_sharpening_and_sources_in_words():
     plain = render_model_card(full_results(selectivity=1.0, loss_type="generalized_jsd", loss_params={"beta": 0.5}))
     assert "none (selectivity beta = 1: the teacher as is)" in plain.text
     assert "generalized Jensen-Shannon divergence per token (beta=0.5)" in plain.text
+    # TRL's temperature divides both sides; the teacher's effective temperature is temperature / selectivity.
+    tempered = render_model_card(full_results(selectivity=2.0, loss_params={"temperature": 1.5})).text
+    assert "selectivity beta = 2 (teacher temperature 0.75)" in tempered
+    shared = render_model_card(full_results(selectivity=1.0, loss_params={"temperature": 2.0})).text
+    assert "none (selectivity beta = 1: the teacher as is, both models at temperature 2)" in shared
 
 
 def test_adapter_and_extra_metrics(tmp_path):
