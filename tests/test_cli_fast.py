@@ -5,11 +5,11 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
-import tomllib
 
 import hf_kd
 from hf_kd.cli import COMMANDS, build_parser, env_from_args, main
