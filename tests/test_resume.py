@@ -22,7 +22,6 @@ def run(*args):
     return done.returncode, done.stderr.decode()[-3000:]
 
 
-@pytest.mark.slow
 def test_sigkill_after_checkpoint_6_resumes_to_the_same_weights(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     code, err = run(full, "full")
