@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 
 import torch
@@ -15,7 +14,7 @@ from .distillation_config import DistillationConfig
 from .lm_heads import head_weight_and_bias, logit_postprocessing
 from .losses import chunked_distillation_loss, default_chunk_size, logit_postprocess
 from .resume import EpochSeededRepeatSampler, last_complete_checkpoint
-from .sharpening import entropy_from_log_probs, solve_selectivity, token_entropy
+from .sharpening import check_target_entropy, entropy_from_log_probs, solve_selectivity, token_entropy
 from .target_entropy import solve_head_selectivity
 from .topk import check_topk, chunked_topk_distillation_loss, topk_teacher_log_probs
 from .trainer_checks import (
@@ -159,11 +158,8 @@ class DistillationTrainer(trl.DistillationTrainer):
                 "completion_source='teacher' does not pass images to the teacher's generate yet; with a vision-"
                 "language model use completion_source='student' or 'dataset'."
             )
-        if args.target_entropy is not None and args.target_entropy >= math.log(vocab):
-            raise ValueError(
-                f"target_entropy={args.target_entropy} nats is unreachable: with a vocabulary of {vocab} the entropy "
-                f"lies in (0, log V = {math.log(vocab):.4f}); choose a value inside that range."
-            )
+        if args.target_entropy is not None:
+            check_target_entropy(args.target_entropy, vocab)
         self.source_probabilities = sources
         self.use_topk = use_topk
         self._source = "student"

@@ -43,7 +43,7 @@ import math
 
 import torch
 
-from .sharpening import check_logits, check_selectivity, entropy_from_log_probs
+from .sharpening import check_logits, check_selectivity, default_chunk_size, entropy_from_log_probs
 
 __all__ = [
     "LOSS_TYPES",
@@ -53,14 +53,6 @@ __all__ = [
     "logit_postprocess",
     "token_divergence",
 ]
-
-LOGITS_PER_CHUNK = 2**22
-
-
-def default_chunk_size(vocab_size: int) -> int:
-    """Tokens per chunk so that a chunk holds about `LOGITS_PER_CHUNK` logits (16 MB in float32)."""
-    return max(1, LOGITS_PER_CHUNK // vocab_size)
-
 
 LOSS_TYPES = ("nll", "forward_kl", "reverse_kl", "generalized_jsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
 

@@ -247,7 +247,16 @@ def _unreachable(target, lo_sel, hi_sel, h_hi, h_lo, what) -> ValueError:
     )
 
 
-def _check_target(target_entropy: float, vocab: int) -> None:
+LOGITS_PER_CHUNK = 2**22
+
+
+def default_chunk_size(vocab_size: int) -> int:
+    """Tokens per chunk so that a chunk holds about `LOGITS_PER_CHUNK` logits (16 MB in float32)."""
+    return max(1, LOGITS_PER_CHUNK // vocab_size)
+
+
+def check_target_entropy(target_entropy: float, vocab: int) -> None:
+    """Refuse a target entropy outside ``(0, log V)``, the entropies a distribution over `vocab` ids can have."""
     if not 0.0 < target_entropy < math.log(vocab):
         raise ValueError(
             f"target_entropy={target_entropy} nats is unreachable: with a vocabulary of {vocab} the entropy lies in "
@@ -298,7 +307,7 @@ def solve_mean_selectivity(
         if count == 0:
             raise ValueError("solve_mean_selectivity got no rows: there is no position to measure the entropy on.")
         if vocab is not None:
-            _check_target(target_entropy, vocab)
+            check_target_entropy(target_entropy, vocab)
         return (total[0] / count).reshape(1), (total[1] / count).reshape(1)
 
     lo = torch.tensor([math.log(min_selectivity)], dtype=torch.float64)
@@ -349,13 +358,13 @@ def solve_selectivity(
     """
     check_logits(logits, "teacher logits")
     vocab = logits.shape[-1]
-    _check_target(target_entropy, vocab)
+    check_target_entropy(target_entropy, vocab)
     flat = logits.detach().reshape(-1, vocab)
     keep = torch.ones(flat.shape[0], dtype=torch.bool, device=flat.device) if mask is None else mask.reshape(-1).bool()
     if not keep.any():
         raise ValueError("solve_selectivity got an empty mask: there is no position to measure the entropy on.")
     rows = flat[keep] if mask is not None else flat
-    step = chunk_size or max(1, 2**22 // vocab)
+    step = chunk_size or default_chunk_size(vocab)
     bounds = (min_selectivity, max_selectivity)
     if not per_token:
         beta = solve_mean_selectivity(
