@@ -106,7 +106,7 @@ def evaluate_from_args(args: argparse.Namespace) -> list[dict]:
 
 def env_from_args(args: argparse.Namespace) -> dict[str, str]:
     """`hf-kd env`: versions, devices and the offline model cache, to paste into a bug report."""
-    from .offline import DEFAULT_SMOLLM2_DIR
+    from .offline import DEFAULT_SMOLLM2_DIR, _is_complete
 
     info = {"hf-kd": __version__, "python": platform.python_version(), "platform": platform.platform()}
     for dist in ENV_PACKAGES:
@@ -121,7 +121,7 @@ def env_from_args(args: argparse.Namespace) -> dict[str, str]:
             f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no"
         )
         info["cpu threads"] = str(torch.get_num_threads())
-    smollm2 = "present" if (DEFAULT_SMOLLM2_DIR / "model.safetensors").exists() else "not fetched yet"
+    smollm2 = "present" if _is_complete(DEFAULT_SMOLLM2_DIR) else "not fetched yet"
     info["offline SmolLM2"] = f"{DEFAULT_SMOLLM2_DIR} ({smollm2})"
     for var in ("HF_HUB_OFFLINE", "HF_HOME", "HF_KD_SMOLLM2_DIR", "CUDA_VISIBLE_DEVICES"):
         info[var] = os.environ.get(var, "unset")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .validation import dtype_name
+
 __all__ = [
     "fingerprint_changes",
     "state_dict_sha256",
@@ -113,7 +115,7 @@ def teacher_fingerprint(model, tokenizer, name_or_path: str | None = None, dtype
         weights = weights_sha256(name_or_path) if name_or_path else None
     return {
         "weights_sha256": weights,
-        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else "auto",
+        "dtype": dtype_name(dtype),
         "tokenizer_sha256": tokenizer_signature(tokenizer),
     }
 

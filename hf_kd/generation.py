@@ -55,7 +55,7 @@ from .offline import resolve_model_name
 from .sequence_sampling import sample_batch, sample_seed
 from .sharpening import check_selectivity
 from .trainer_checks import TOKEN_ID_SIGNATURE_COLUMN
-from .validation import check_model_path, check_output_dir, check_token_ids, parse_dtype
+from .validation import check_model_path, check_output_dir, check_token_ids, dtype_name, parse_dtype
 
 __all__ = [
     "add_generate_arguments",
@@ -189,7 +189,7 @@ def _vllm_engine(teacher: str, revision, seed: int, dtype, store_topk: int, worl
 
     kwargs = {
         "model": teacher, "revision": revision, "seed": seed,
-        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else "auto",
+        "dtype": dtype_name(dtype),
         # raw log-probs are the UNsharpened teacher's: the teacher_logprob and topk columns need exactly those.
         "logprobs_mode": "raw_logprobs", "max_logprobs": max(store_topk, 20),
     }  # fmt: skip
@@ -443,6 +443,7 @@ def generate_distillation_dataset(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids[0]
     teacher_name = given_name or getattr(teacher, "name_or_path", "")
     teacher_name = teacher_name or type(teacher).__name__  # models built in code have no name
+    local_path = teacher if isinstance(teacher, str) else None  # resolved: an `offline:` name is its folder now
     record = {
         "teacher": teacher_name, "revision": revision, "backend": backend, "num_samples": num_samples,
         "prompt": prompts[0] if len(prompts) == 1 else None, "num_prompts": len(prompts),
@@ -453,7 +454,7 @@ def generate_distillation_dataset(
         "top_p": top_p, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed,
         "store_topk": store_topk, "eos_token_ids": list(eos_token_ids),
         "command": command or " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "teacher_fingerprint": teacher_fingerprint(model, tokenizer, name_or_path=teacher_name, dtype=dtype),
+        "teacher_fingerprint": teacher_fingerprint(model, tokenizer, name_or_path=local_path, dtype=dtype),
     }  # fmt: skip
     record = {k: (str(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in record.items()}
     id_signature = token_id_signature(tokenizer)  # stored with every sample, checked by DistillationTrainer

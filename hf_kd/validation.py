@@ -14,6 +14,11 @@ __all__ = ["check_model_path", "check_output_dir", "check_output_file", "check_t
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
+def dtype_name(dtype) -> str:
+    """``"float32"`` for ``torch.float32``; ``"auto"`` for `None` (the checkpoint's own dtype)."""
+    return str(dtype).removeprefix("torch.") if dtype is not None else "auto"
+
+
 def parse_dtype(dtype):
     """A `torch.dtype` from a name (``"bfloat16"``, ``"torch.float16"``) or a dtype; `None` stays `None`."""
     import torch
