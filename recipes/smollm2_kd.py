@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         name = run_name(training_args, selectivity)
         run_dir = _run_dir(training_args, selectivity)
         done = os.path.join(run_dir, "results.json")
-        if same[selectivity] and os.path.exists(done):
+        if selectivity in reused:
             results = DistillationResults.from_json(done)
             print(f"{name}: reusing {done} (same config, {RUN_CONFIG_FILE})")
         else:
