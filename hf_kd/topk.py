@@ -155,6 +155,22 @@ def topk_distillation_loss(
     Returns:
         `torch.Tensor`: scalar loss.
     """
+    if topk_ids.shape != topk_logprobs.shape or topk_ids.shape[:-1] != student_logits.shape[:-1]:
+        raise ValueError(
+            f"shapes disagree: student_logits {tuple(student_logits.shape)}, topk_ids {tuple(topk_ids.shape)}, "
+            f"topk_logprobs {tuple(topk_logprobs.shape)}; expected (..., V), (..., K), (..., K)."
+        )
+    teacher_scale = _checked_teacher_scale(
+        student_logits.shape[-1], topk_ids, topk_logprobs, loss_type, tail, selectivity, temperature
+    )
+    return _topk_loss(
+        student_logits, topk_ids, topk_logprobs, teacher_scale, loss_type, tail, temperature, jsd_beta, skew_alpha,
+        mask, num_items_in_batch,
+    )  # fmt: skip
+
+
+def _checked_teacher_scale(vocab_size, topk_ids, topk_logprobs, loss_type, tail, selectivity, temperature):
+    """Validate the stored top-k and the knobs once; return the teacher's logit scale ``selectivity / temperature``."""
     if loss_type == "nll" or loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type={loss_type!r} is not a divergence; choose one of {LOSS_TYPES[1:]}.")
     if tail not in TAIL_MODES:
@@ -168,14 +184,15 @@ def topk_distillation_loss(
             "tail='bucket' cannot sharpen or temper the teacher (the tail's inner shape is unknown); use "
             "selectivity / temperature = 1, or tail='renormalize', or sample the dataset at the selectivity you want."
         )
-    if topk_ids.shape != topk_logprobs.shape or topk_ids.shape[:-1] != student_logits.shape[:-1]:
-        raise ValueError(
-            f"shapes disagree: student_logits {tuple(student_logits.shape)}, topk_ids {tuple(topk_ids.shape)}, "
-            f"topk_logprobs {tuple(topk_logprobs.shape)}; expected (..., V), (..., K), (..., K)."
-        )
-    if topk_ids.shape[-1] > student_logits.shape[-1]:
-        raise ValueError(f"K = {topk_ids.shape[-1]} exceeds the student's vocabulary ({student_logits.shape[-1]}).")
-    check_topk(topk_ids, topk_logprobs.detach(), student_logits.shape[-1], "topk_distillation_loss")
+    if topk_ids.shape[-1] > vocab_size:
+        raise ValueError(f"K = {topk_ids.shape[-1]} exceeds the student's vocabulary ({vocab_size}).")
+    check_topk(topk_ids, topk_logprobs.detach(), vocab_size, "topk_distillation_loss")
+    return teacher_scale
+
+
+def _topk_loss(student_logits, topk_ids, topk_logprobs, teacher_scale, loss_type, tail, temperature, jsd_beta,
+               skew_alpha, mask, num_items_in_batch):  # fmt: skip
+    """`topk_distillation_loss` on inputs `_checked_teacher_scale` has validated."""
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
     log_q = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
     ids = topk_ids.long().to(log_q.device)
@@ -189,10 +206,10 @@ def topk_distillation_loss(
     return _reduce(total, mask.sum(), num_items_in_batch)
 
 
-def _chunk_sum(h, weight, bias, ids, logprobs, beta, kwargs, post):
-    """Summed top-k loss of one chunk of hidden states (recomputed in backward by `checkpoint`)."""
+def _chunk_sum(h, weight, bias, ids, logprobs, scale, kwargs, post):
+    """Summed top-k loss of one chunk of hidden states (recomputed in backward by `checkpoint`); inputs checked."""
     logits = logit_postprocess(torch.nn.functional.linear(h, weight, bias), *post)
-    return topk_distillation_loss(logits, ids, logprobs, selectivity=beta, num_items_in_batch=1, **kwargs)
+    return _topk_loss(logits, ids, logprobs, scale, mask=None, num_items_in_batch=1, **kwargs)
 
 
 def chunked_topk_distillation_loss(
@@ -243,15 +260,18 @@ def chunked_topk_distillation_loss(
         chunk_size = default_chunk_size(student_weight.shape[0])
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (got {chunk_size}).")
+    # the stored top-k is checked once here, not again per chunk and in each chunk's recomputation
+    scale = _checked_teacher_scale(student_weight.shape[0], topk_ids, topk_logprobs, loss_type, tail, selectivity,
+                                   temperature)  # fmt: skip
     kwargs = dict(loss_type=loss_type, tail=tail, temperature=temperature, jsd_beta=jsd_beta, skew_alpha=skew_alpha)
     post = (student_logit_scale, student_final_logit_softcapping)
-    per_token_beta = isinstance(selectivity, torch.Tensor) and selectivity.dim() > 0
+    per_token_beta = isinstance(scale, torch.Tensor) and scale.dim() > 0
     n = student_hidden.shape[0]
     # 0 * sum keeps the result in the graph even with no scored token (backward then gives zero gradients).
     total = (student_hidden.sum() * 0).to(torch.promote_types(student_hidden.dtype, torch.float32))
     for start in range(0, n, chunk_size):
         sl = slice(start, start + chunk_size)
-        beta = selectivity[sl] if per_token_beta else selectivity
+        beta = scale[sl] if per_token_beta else scale
         args = (student_hidden[sl], student_weight, student_bias, topk_ids[sl], topk_logprobs[sl], beta, kwargs, post)
         if torch.is_grad_enabled() and (student_hidden.requires_grad or student_weight.requires_grad):
             total = total + checkpoint(_chunk_sum, *args, use_reentrant=False)
