@@ -38,7 +38,6 @@ __all__ = [
     "add_simulation_arguments",
     "config_from_args",
     "main",
-    "mean_confidence_interval",
     "plot_simulation",
     "run_from_args",
     "run_simulation",
@@ -101,17 +100,6 @@ def true_distribution(dtype: torch.dtype = torch.float64) -> GMMModel:
     grid = torch.tensor([(i, j) for i in (-1.0, 0.0, 1.0) for j in (-1.0, 0.0, 1.0) if (i, j) != (0.0, 0.0)])
     model = GMMModel(GMMConfig(num_components=8, dim=2, covariance_type="spherical")).to(dtype)
     return model.set_parameters(torch.full((8,), 1 / 8), grid, torch.full((8,), 0.025))
-
-
-def mean_confidence_interval(values: torch.Tensor, level: float = 0.95) -> tuple[float, float]:
-    """Mean and t-interval half-width ``t_{(1+level)/2, S-1} * sd / sqrt(S)`` over seeds (nan when S < 2)."""
-    from scipy.stats import t
-
-    values = values.double()
-    mean = float(values.mean())
-    if values.numel() < 2:
-        return mean, math.nan
-    return mean, float(t.ppf((1 + level) / 2, values.numel() - 1)) * float(values.std()) / math.sqrt(values.numel())
 
 
 def seed_interval(values: torch.Tensor, confidence: float = 0.95, n_boot: int = 10000) -> dict[str, float]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shlex
 import shutil
@@ -39,10 +38,10 @@ from trl import TrlParser
 
 from hf_kd import CausalLMAdapter, DistillationConfig, DistillationTrainer, precision_recall
 from hf_kd.generation import generate_distillation_dataset
-from hf_kd.metrics import compare_students
+from hf_kd.metrics import compare_to_baseline, seed_t_interval
 from hf_kd.models.hmm import hmm_tokenizer, long_tail_hmm
+from hf_kd.reporting import format_table
 from hf_kd.run_record import check_run_dir, write_run_config
-from hf_kd.simulation import mean_confidence_interval
 
 PROMPT = "<s>"  # every sequence is a completion of BOS
 # Seeds of the random streams, apart from each other and from the run seeds.
@@ -50,10 +49,22 @@ TEACHER_DATA_SEED, REFERENCE_SEED, DIRECT_DATA_SEED, TEACHER_SAMPLES_SEED = 1_00
 # What the cached models and datasets depend on: everything but the selection of runs and where results go.
 NOT_IDENTITY = ("taus", "seeds", "results_dir", "retrain")
 TRAINING_IDENTITY = (
-    "completion_source", "loss_type", "max_completion_length", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "num_train_epochs", "max_steps", "learning_rate", "lr_scheduler_type",
-    "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2", "max_grad_norm", "optim",
-)  # fmt: skip
+    "completion_source",
+    "loss_type",
+    "max_completion_length",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "max_steps",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "max_grad_norm",
+    "optim",
+)
 
 
 @dataclass
@@ -83,10 +94,18 @@ class MiniatureArguments:
 def transformer(vocab_size: int, hidden: int, layers: int, seed: int) -> LlamaForCausalLM:
     """A Llama-architecture causal LM initialised from scratch with `seed` (4 heads, MLP 4x, untied head)."""
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
-        eos_token_id=2, tie_word_embeddings=False,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
 
@@ -115,8 +134,9 @@ def p_star_dataset(p_star, tokenizer, n: int, max_new_tokens: int, seed: int, pa
 
 def train(model, dataset, tokenizer, training_args, output_dir: str, seed: int, **overrides):
     """Train `model` with `hf_kd.DistillationTrainer` on dataset completions with the NLL loss; return it in eval."""
-    args = dataclasses.replace(training_args, output_dir=output_dir, run_name=os.path.basename(output_dir), seed=seed,
-                               **overrides)  # fmt: skip
+    args = dataclasses.replace(
+        training_args, output_dir=output_dir, run_name=os.path.basename(output_dir), seed=seed, **overrides
+    )
     trainer = DistillationTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)  # the outer progress bar reports progress; no per-run log dicts
     trainer.train()
@@ -127,37 +147,41 @@ def score(model, tokenizer, p_star, reference, args: MiniatureArguments, seed: i
     """`precision_recall` of `model` against p* (token units), per-sequence arrays kept as lists."""
     adapter = CausalLMAdapter(model, tokenizer, prompt=PROMPT, batch_size=args.generation_batch_size, progress=False)
     result = precision_recall(
-        adapter, p_star, num_samples=args.eval_num_samples, reference_samples=reference,
-        sample_kwargs={"max_new_tokens": args.max_new_tokens, "return_tokens": True}, seed=seed,
-    )  # fmt: skip
-    return {k: v.tolist() if hasattr(v, "tolist") else list(v) if isinstance(v, tuple) else v
-            for k, v in result.items()}  # fmt: skip
-
-
-def interval(values: list[float]) -> dict:
-    """Mean and 95 % t-interval over seeds, as ``{"mean", "low", "high"}``."""
-    mean, half = mean_confidence_interval(torch.tensor(values, dtype=torch.float64))
-    half = 0.0 if math.isnan(half) else half
-    return {"mean": mean, "low": mean - half, "high": mean + half}
+        adapter,
+        p_star,
+        num_samples=args.eval_num_samples,
+        reference_samples=reference,
+        sample_kwargs={"max_new_tokens": args.max_new_tokens, "return_tokens": True},
+        seed=seed,
+    )
+    return {
+        k: v.tolist() if hasattr(v, "tolist") else list(v) if isinstance(v, tuple) else v for k, v in result.items()
+    }
 
 
 def summarise(runs: list[dict], taus: list[float], seeds: list[int]) -> list[dict]:
     """Per tau: precision and recall over seeds, and the paired per-seed differences from the direct student.
 
-    ``precision_vs_direct = mean_s (P(tau, s) - P(1, s))`` with a 95 % t-interval over the seeds ``s``; the same for
-    recall. The direct row's differences are zero by definition. ``train_samples_precision``: mean log p* per token
-    of the students' training samples (the teacher at tau; p* itself for the direct student).
+    ``precision_vs_direct = mean_s (P(tau, s) - P(1, s))`` with a 95 % t-interval over the seeds ``s``
+    (`hf_kd.metrics.compare_to_baseline`; NaN bounds with one seed); the same for recall. The direct row's
+    differences are zero by definition. ``train_samples_precision``: mean log p* per token of the students'
+    training samples (the teacher at tau; p* itself for the direct student). Adds ``bootstrap_vs_direct`` (the
+    bootstrap over sequences, recall paired on the shared reference samples) to every run with tau < 1.
     """
+    comparison = compare_to_baseline([_arrays(r) for r in runs], "tau", 1.0)
+    for r in runs:
+        if (r["tau"], r["seed"]) in comparison["bootstrap"]:
+            r["bootstrap_vs_direct"] = comparison["bootstrap"][r["tau"], r["seed"]]
     by_key = {(r["tau"], r["seed"]): r for r in runs}
     rows = []
     for tau in taus:
         row = {"tau": tau, "selectivity": 1.0 / tau, "name": f"tau = {tau:g}" + (" (direct)" if tau == 1.0 else "")}
         for key in ("precision", "recall"):
-            row[key] = interval([by_key[tau, s][key] for s in seeds])
-            diffs = [by_key[tau, s][key] - by_key[1.0, s][key] for s in seeds]
-            row[f"{key}_vs_direct"] = interval(diffs)
-            row[f"{key}_vs_direct_per_seed"] = diffs
-        row["train_samples_precision"] = interval([by_key[tau, s]["train_data_precision"] for s in seeds])
+            row[key] = seed_t_interval([by_key[tau, s][key] for s in seeds])
+            paired = comparison["groups"][tau][key]
+            row[f"{key}_vs_direct"] = {k: paired[k] for k in ("mean", "low", "high")}
+            row[f"{key}_vs_direct_per_seed"] = paired["per_seed"]
+        row["train_samples_precision"] = seed_t_interval([by_key[tau, s]["train_data_precision"] for s in seeds])
         rows.append(row)
     return rows
 
@@ -209,33 +233,15 @@ def _run(args: MiniatureArguments, training_args: DistillationConfig, command: s
     write_run_config(out, identity)
     p_star = long_tail_hmm(seed=args.p_star_seed)
     tokenizer = hmm_tokenizer(p_star.config)
-    vocab, cap = p_star.config.vocab_size, args.max_new_tokens
-    reference = p_star.sample(args.eval_num_samples, max_new_tokens=cap,
-                              generator=torch.Generator().manual_seed(REFERENCE_SEED))  # fmt: skip
-    totals, units = p_star.log_likelihood(reference)
-    jobs = 1 + len(args.seeds) * len(args.taus)
-    bar = tqdm(total=jobs, desc="miniature", unit="model")
-
-    teacher_dir = os.path.join(out, "teacher")
-    if os.path.exists(os.path.join(teacher_dir, "tokenizer.json")):  # written after the weights
-        teacher = LlamaForCausalLM.from_pretrained(teacher_dir).eval()
-    else:
-        bar.set_postfix_str("teacher")
-        data = p_star_dataset(p_star, tokenizer, args.teacher_num_train_samples, cap, TEACHER_DATA_SEED,
-                              os.path.join(out, "data", "p_star_teacher"))  # fmt: skip
-        teacher = transformer(vocab, args.teacher_hidden_size, args.teacher_num_layers, seed=TEACHER_DATA_SEED)
-        teacher, _ = train(teacher, data, tokenizer, training_args, os.path.join(out, "runs", "teacher"),
-                           seed=0, num_train_epochs=args.teacher_num_train_epochs)  # fmt: skip
-        teacher.save_pretrained(teacher_dir)
-        tokenizer.save_pretrained(teacher_dir)
-    teacher_path = os.path.join(out, "teacher_scores.json")
-    if not os.path.exists(teacher_path):
-        with open(teacher_path, "w") as f:
-            json.dump(score(teacher, tokenizer, p_star, reference, args, seed=0), f)
-    with open(teacher_path) as f:
-        teacher_scores = json.load(f)
+    reference = p_star.sample(
+        args.eval_num_samples,
+        max_new_tokens=args.max_new_tokens,
+        generator=torch.Generator().manual_seed(REFERENCE_SEED),
+    )
+    bar = tqdm(total=1 + len(args.seeds) * len(args.taus), desc="miniature", unit="model")
+    bar.set_postfix_str("teacher")
+    teacher, teacher_scores = _teacher(args, training_args, p_star, tokenizer, reference)
     bar.update(1)
-
     runs, reused = [], 0
     for seed in args.seeds:
         for tau in args.taus:
@@ -245,44 +251,92 @@ def _run(args: MiniatureArguments, training_args: DistillationConfig, command: s
             if os.path.exists(path):
                 reused += 1
             else:
-                if tau == 1.0:
-                    data = p_star_dataset(p_star, tokenizer, args.num_train_samples, cap, DIRECT_DATA_SEED + seed,
-                                          os.path.join(out, "data", f"p_star_seed_{seed}"))  # fmt: skip
-                else:
-                    data = generate_distillation_dataset(
-                        teacher, tokenizer, os.path.join(out, "data", f"teacher_tau_{tau:g}_seed_{seed}"),
-                        args.num_train_samples, prompt=PROMPT, selectivity=1.0 / tau, max_new_tokens=cap,
-                        batch_size=args.generation_batch_size, seed=TEACHER_SAMPLES_SEED + seed, progress=False,
-                        command=command,
-                    )  # fmt: skip
-                student = transformer(vocab, args.student_hidden_size, args.student_num_layers, seed=seed)
-                student, state = train(student, data, tokenizer, training_args, os.path.join(out, "runs", name), seed)
-                row = {"tau": tau, "seed": seed, "num_train_steps": state.global_step}
-                row["train_loss"] = state.log_history[-1].get("train_loss")
-                data_ll, data_units = p_star.log_likelihood(data["completion_ids"])
-                row["train_data_precision"] = float(data_ll.sum() / data_units.sum())  # training samples under p*
-                row.update(score(student, tokenizer, p_star, reference, args, seed=seed))
+                row = _student(args, training_args, p_star, tokenizer, teacher, reference, tau, seed, command)
                 with open(path, "w") as f:
                     json.dump(row, f)
             with open(path) as f:
                 runs.append(json.load(f))
             bar.update(1)
     bar.close()
-
-    direct = {r["seed"]: r for r in runs if r["tau"] == 1.0}
-    for r in runs:  # per-seed bootstrap over sequences (recall paired on the shared reference samples)
-        if r["tau"] != 1.0:
-            diff = compare_students(_arrays(r), _arrays(direct[r["seed"]]), seed=r["seed"])
-            r["bootstrap_vs_direct"] = {k: list(v) if isinstance(v, tuple) else v for k, v in diff.items()}
     rows = summarise(runs, args.taus, args.seeds)
-    results = {
+    timing = {"wall_s": time.perf_counter() - start_wall, "process_cpu_s": time.process_time() - start_cpu}
+    results = _results(args, training_args, command, p_star, reference, teacher_scores, rows, runs)
+    results["timing"] = {**timing, "models_reused_from_cache": reused}
+    results["runs"] = [{k: v for k, v in r.items() if not k.endswith(("_log_likelihood", "_units"))} for r in runs]
+    os.makedirs(args.results_dir, exist_ok=True)
+    with open(os.path.join(args.results_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    plot(rows, results["teacher"], results["p_star"], os.path.join(args.results_dir, "precision_recall_vs_tau.png"))
+    print(format_summary(results))
+    return results
+
+
+def _teacher(args: MiniatureArguments, training_args, p_star, tokenizer, reference) -> tuple:
+    """The teacher, trained on samples of p* (or loaded from ``output_dir/teacher``), and its scores (cached)."""
+    out = training_args.output_dir
+    teacher_dir = os.path.join(out, "teacher")
+    if os.path.exists(os.path.join(teacher_dir, "tokenizer.json")):  # written after the weights
+        teacher = LlamaForCausalLM.from_pretrained(teacher_dir).eval()
+    else:
+        data_dir = os.path.join(out, "data", "p_star_teacher")
+        cap = args.max_new_tokens
+        data = p_star_dataset(p_star, tokenizer, args.teacher_num_train_samples, cap, TEACHER_DATA_SEED, data_dir)
+        vocab = p_star.config.vocab_size
+        teacher = transformer(vocab, args.teacher_hidden_size, args.teacher_num_layers, seed=TEACHER_DATA_SEED)
+        run_dir, epochs = os.path.join(out, "runs", "teacher"), args.teacher_num_train_epochs
+        teacher, _ = train(teacher, data, tokenizer, training_args, run_dir, seed=0, num_train_epochs=epochs)
+        teacher.save_pretrained(teacher_dir)
+        tokenizer.save_pretrained(teacher_dir)
+    teacher_path = os.path.join(out, "teacher_scores.json")
+    if not os.path.exists(teacher_path):
+        with open(teacher_path, "w") as f:
+            json.dump(score(teacher, tokenizer, p_star, reference, args, seed=0), f)
+    with open(teacher_path) as f:
+        return teacher, json.load(f)
+
+
+def _student(args, training_args, p_star, tokenizer, teacher, reference, tau: float, seed: int, command: str):
+    """Train and score the student of (tau, seed): on fresh p* samples at tau = 1, on teacher samples otherwise."""
+    out, cap, name = training_args.output_dir, args.max_new_tokens, f"tau_{tau:g}_seed_{seed}"
+    if tau == 1.0:
+        data_dir = os.path.join(out, "data", f"p_star_seed_{seed}")
+        data = p_star_dataset(p_star, tokenizer, args.num_train_samples, cap, DIRECT_DATA_SEED + seed, data_dir)
+    else:
+        data = generate_distillation_dataset(
+            teacher,
+            tokenizer,
+            os.path.join(out, "data", f"teacher_tau_{tau:g}_seed_{seed}"),
+            args.num_train_samples,
+            prompt=PROMPT,
+            selectivity=1.0 / tau,
+            max_new_tokens=cap,
+            batch_size=args.generation_batch_size,
+            seed=TEACHER_SAMPLES_SEED + seed,
+            progress=False,
+            command=command,
+        )
+    student = transformer(p_star.config.vocab_size, args.student_hidden_size, args.student_num_layers, seed=seed)
+    student, state = train(student, data, tokenizer, training_args, os.path.join(out, "runs", name), seed)
+    row = {"tau": tau, "seed": seed, "num_train_steps": state.global_step}
+    row["train_loss"] = state.log_history[-1].get("train_loss")
+    data_ll, data_units = p_star.log_likelihood(data["completion_ids"])
+    row["train_data_precision"] = float(data_ll.sum() / data_units.sum())  # training samples under p*
+    row.update(score(student, tokenizer, p_star, reference, args, seed=seed))
+    return row
+
+
+def _results(args, training_args, command: str, p_star, reference, teacher_scores, rows, runs) -> dict:
+    """The results dict written to ``results.json`` (without ``timing`` and ``runs``)."""
+    totals, units = p_star.log_likelihood(reference)
+    training_keys = ("per_device_train_batch_size", "num_train_epochs", "learning_rate", "lr_scheduler_type")
+    return {
         "command": command,
         "seeds": list(args.seeds),
         "unit": "token",
         "p_star": {
             "model": f"hf_kd.models.hmm.long_tail_hmm(seed={args.p_star_seed})",
             "num_states": p_star.config.num_states,
-            "vocab_size": vocab,
+            "vocab_size": p_star.config.vocab_size,
             "entropy_rate": float(-totals.sum() / units.sum()),
             "entropy_rate_note": "nats per token, -mean log p* over its own reference samples (p*'s precision and "
             "recall on itself); in expectation no model's recall exceeds -entropy_rate (Gibbs), a sharpened model's "
@@ -292,43 +346,39 @@ def _run(args: MiniatureArguments, training_args: DistillationConfig, command: s
         "teacher": {k: teacher_scores[k] for k in ("precision", "precision_ci", "recall", "recall_ci")},
         "taus": [{k: v for k, v in row.items() if k != "name"} for row in rows],
         "config": dataclasses.asdict(args),
-        "training": {k: getattr(training_args, k) for k in ("per_device_train_batch_size", "num_train_epochs",
-                                                            "learning_rate", "lr_scheduler_type", "warmup_steps")},
-        "timing": {"wall_s": time.perf_counter() - start_wall, "process_cpu_s": time.process_time() - start_cpu,
-                   "models_reused_from_cache": reused},
-        "runs": [{k: v for k, v in r.items() if not k.endswith(("_log_likelihood", "_units"))} for r in runs],
-    }  # fmt: skip
-    os.makedirs(args.results_dir, exist_ok=True)
-    with open(os.path.join(args.results_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    plot(rows, results["teacher"], results["p_star"], os.path.join(args.results_dir, "precision_recall_vs_tau.png"))
-    print(format_summary(results))
-    return results
+        "training": {k: getattr(training_args, k) for k in (*training_keys, "warmup_steps")},
+    }
 
 
 def _arrays(run: dict) -> dict:
-    keys = ("precision_log_likelihood", "precision_units", "recall_log_likelihood", "recall_units", "unit")
+    keys = ("tau", "seed", "precision", "recall", "unit")
+    keys += ("precision_log_likelihood", "precision_units", "recall_log_likelihood", "recall_units")
     return {k: run[k] for k in keys}
 
 
 def format_summary(results: dict) -> str:
-    """A text table: per tau, precision and recall with 95 % intervals and the paired differences from direct."""
+    """Text tables (`hf_kd.reporting.format_table`): per tau, precision and recall with 95 % intervals over seeds,
+    then the paired differences from the direct student."""
+    p_star, teacher = results["p_star"], results["teacher"]
 
-    def fmt(d):
-        return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+    def table(suffix: str) -> str:
+        rows = [{"name": f"{row['tau']:g}", "unit": results["unit"]} for row in results["taus"]]
+        for out, row in zip(rows, results["taus"]):
+            for key in ("precision", "recall"):
+                d = row[key + suffix]
+                out.update({key: d["mean"], f"{key}_ci": (d["low"], d["high"])})
+        return format_table(rows, label="tau")
 
-    lines = [
-        f"p* entropy rate {results['p_star']['entropy_rate']:.3f} nats/token; teacher precision "
-        f"{results['teacher']['precision']:.3f}, recall {results['teacher']['recall']:.3f}",
-        f"{'tau':>5}  {'precision (95% CI)':>27}  {'recall (95% CI)':>27}  {'precision - direct':>27}  "
-        f"{'recall - direct':>27}",
-    ]
-    for row in results["taus"]:
-        lines.append(
-            f"{row['tau']:>5g}  {fmt(row['precision']):>27}  {fmt(row['recall']):>27}  "
-            f"{fmt(row['precision_vs_direct']):>27}  {fmt(row['recall_vs_direct']):>27}"
-        )
-    return "\n".join(lines)
+    return "\n".join(
+        [
+            f"p* entropy rate {p_star['entropy_rate']:.3f} nats/token; teacher precision {teacher['precision']:.3f}, "
+            f"recall {teacher['recall']:.3f}",
+            "Mean over seeds, 95 % t-interval over seeds:",
+            table(""),
+            "Paired difference from the direct student (tau = 1, same seed), 95 % t-interval over seeds:",
+            table("_vs_direct"),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:

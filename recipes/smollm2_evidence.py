@@ -29,10 +29,9 @@ from trl import TrlParser
 
 from hf_kd import CausalLMAdapter, DistillationConfig, DistillationTrainer, precision_recall, slice_layers
 from hf_kd.generation import generate_distillation_dataset
-from hf_kd.metrics import bootstrap_ci, compare_students
+from hf_kd.metrics import bootstrap_ci, compare_to_baseline, seed_t_interval
 from hf_kd.offline import load_causal_lm
 from hf_kd.reporting import format_table, plot_precision_recall
-from hf_kd.simulation import mean_confidence_interval
 
 
 @dataclass
@@ -129,48 +128,38 @@ def train_and_score(evidence, training_args, teacher, tokenizer, dataset, refere
 
 
 def summarise(runs: list[dict], temperatures: list[float]) -> list[dict]:
-    """Mean over seeds of precision and recall per temperature, with a 95 % t-interval over seeds."""
+    """Mean over seeds of precision and recall per temperature, with a 95 % t-interval over seeds (NaN: one seed)."""
     rows = []
     for tau in temperatures:
         group = [r for r in runs if r["temperature"] == tau]
         row = {"name": f"tau = {tau:g}" + (" (direct)" if tau == 1.0 else ""), "temperature": tau}
         for key in ("precision", "recall"):
-            mean, half_width = mean_confidence_interval(torch.tensor([r[key] for r in group], dtype=torch.float64))
-            row[key] = mean
-            row[f"{key}_ci"] = [mean - half_width, mean + half_width] if len(group) > 1 else [mean, mean]
+            interval = seed_t_interval([r[key] for r in group])
+            row[key] = interval["mean"]
+            row[f"{key}_ci"] = [interval["low"], interval["high"]]
         row.update(num_seeds=len(group), unit=group[0]["unit"])
         rows.append(row)
     return rows
 
 
 def paired_vs_direct(runs: list[dict], temperatures: list[float]) -> list[dict]:
-    """Per temperature tau < 1, the per-seed differences from the direct student (tau = 1, same seed).
+    """Per temperature tau < 1, the paired differences from the direct student (tau = 1, same seed).
 
-    ``mean_s (P(tau, s) - P(1, s))`` with a 95 % t-interval over seeds, for precision and recall; ``excludes_zero``
-    says whether that interval lies on one side of zero.
+    `hf_kd.metrics.compare_to_baseline`: ``mean_s (P(tau, s) - P(1, s))`` with a 95 % t-interval over seeds (NaN
+    with one seed), for precision and recall; ``excludes_zero`` says whether that interval lies on one side of zero.
+    Per run with per-sequence scores, the bootstrap over sequences is stored as ``bootstrap_vs_direct``.
     """
-    direct = {r["seed"]: r for r in runs if r["temperature"] == 1.0}
+    comparison = compare_to_baseline(runs, "temperature", 1.0)
+    for r in runs:
+        if (r["temperature"], r["seed"]) in comparison["bootstrap"]:
+            r["bootstrap_vs_direct"] = comparison["bootstrap"][r["temperature"], r["seed"]]
     rows = []
     for tau in (t for t in temperatures if t != 1.0):
         row = {"temperature": tau}
-        for key in ("precision", "recall"):
-            diffs = [r[key] - direct[r["seed"]][key] for r in runs if r["temperature"] == tau and r["seed"] in direct]
-            mean, half = mean_confidence_interval(torch.tensor(diffs, dtype=torch.float64))
-            low, high = mean - half, mean + half
-            row[f"{key}_vs_direct"] = {"mean": mean, "low": low, "high": high, "per_seed": diffs,
-                                       "excludes_zero": bool(low > 0 or high < 0)}  # fmt: skip
+        for key, d in comparison["groups"][tau].items():
+            row[f"{key}_vs_direct"] = {k: d[k] for k in ("mean", "low", "high", "per_seed", "excludes_zero")}
         rows.append(row)
     return rows
-
-
-def bootstrap_vs_direct(runs: list[dict]) -> None:
-    """Add `compare_students` (run minus the direct run of its seed) to every run that kept per-sequence scores."""
-    direct = {r["seed"]: r for r in runs if r["temperature"] == 1.0}
-    for r in runs:
-        d = direct.get(r["seed"])
-        if r["temperature"] != 1.0 and d is not None and "recall_log_likelihood" in r and "recall_log_likelihood" in d:
-            diff = compare_students(r, d, seed=r["seed"])
-            r["bootstrap_vs_direct"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in diff.items()}
 
 
 def p_star_on_reference(reference, ref_samples) -> dict:
@@ -213,10 +202,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = summarise(runs, evidence.temperatures)
     table = format_table(rows, label="teacher temperature")
     print(table)
-    bootstrap_vs_direct(runs)
-    results = {"config": dataclasses.asdict(evidence), "summary": rows,
-               "paired_vs_direct": paired_vs_direct(runs, evidence.temperatures),
-               "p_star_on_reference": p_star_on_reference(reference, ref_samples), "runs": runs}  # fmt: skip
+    results = {
+        "config": dataclasses.asdict(evidence),
+        "summary": rows,
+        "paired_vs_direct": paired_vs_direct(runs, evidence.temperatures),
+        "p_star_on_reference": p_star_on_reference(reference, ref_samples),
+        "runs": runs,
+    }
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     with open(os.path.join(out, "results.md"), "w") as f:

@@ -20,7 +20,6 @@ from hf_kd.simulation import (
     _jsonable,
     add_simulation_arguments,
     config_from_args,
-    mean_confidence_interval,
     run_simulation,
     save_results,
     seed_interval,
@@ -119,14 +118,6 @@ def test_seed_interval_is_scipys_percentile_bootstrap():
     assert ours["high"] == pytest.approx(reference.high, abs=0.03 * width)
     assert ours["mean"] == pytest.approx(values.mean().item()) and ours["median"] == values.median().item()
     assert ours["mean"] - ours["low"] > 1.05 * (ours["high"] - ours["mean"])  # long lower tail: not symmetric
-
-
-def test_t_interval_matches_scipy():
-    values = torch.tensor([1.0, 2.5, -0.5, 3.0, 0.25])
-    mean, half = mean_confidence_interval(values)
-    lo, hi = stats.t.interval(0.95, 4, loc=values.mean().item(), scale=stats.sem(values.numpy()))
-    assert mean == pytest.approx((lo + hi) / 2) and half == pytest.approx((hi - lo) / 2)
-    assert math.isnan(mean_confidence_interval(torch.tensor([1.0]))[1])
 
 
 def test_outputs_are_written_and_deterministic(tmp_path):

@@ -8,10 +8,10 @@ import os
 
 from .callback import PrecisionRecallCallback
 from .embedding import TextEmbedder, default_embedder_path, embedding_precision_recall, knn_precision_recall
+from .intervals import bootstrap_ci, bootstrap_difference, mean_confidence_interval, seed_t_interval
 from .likelihood import (
-    bootstrap_ci,
-    bootstrap_difference,
     compare_students,
+    compare_to_baseline,
     precision,
     precision_recall,
     recall,
@@ -49,9 +49,11 @@ __all__ = [
     "bootstrap_difference",
     "check_generative_model",
     "compare_students",
+    "compare_to_baseline",
     "default_embedder_path",
     "embedding_precision_recall",
     "knn_precision_recall",
+    "mean_confidence_interval",
     "metric_path",
     "precision",
     "precision_recall",
@@ -59,4 +61,5 @@ __all__ = [
     "resolve_unit",
     "score_samples",
     "score_token_sequences",
+    "seed_t_interval",
 ]

@@ -5,17 +5,19 @@
 
 Both are reported per unit: ``sum_i total_i / sum_i units_i`` over sequences (per token for language models, per
 point for mixtures, or per UTF-8 byte when two language models do not share a tokenizer), with percentile
-bootstrap confidence intervals that resample whole sequences. Always report the two together: a collapsed
-student has a high precision alone.
+bootstrap confidence intervals that resample whole sequences (`hf_kd.metrics.intervals`). Always report the two
+together: a collapsed student has a high precision alone.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
+from .intervals import as_numpy, bootstrap_ci, bootstrap_difference, check_pair, mean_confidence_interval
 from .protocol import check_generative_model
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_difference",
     "compare_students",
+    "compare_to_baseline",
     "precision",
     "precision_recall",
     "recall",
@@ -31,125 +34,6 @@ __all__ = [
 ]
 
 UNITS = ("auto", "token", "byte")
-_MAX_DRAWS = 4_000_000  # resampled indices held at once by the bootstrap
-
-
-def _as_numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64).reshape(-1)
-
-
-def _check_pair(totals, units) -> tuple[np.ndarray, np.ndarray]:
-    totals, units = _as_numpy(totals), _as_numpy(units)
-    if totals.shape != units.shape or totals.size == 0:
-        raise ValueError(
-            f"totals and units must be non-empty and of equal length (got {totals.size} and {units.size})."
-        )
-    if (units < 0).any() or units.sum() <= 0:
-        raise ValueError("units must be >= 0 with a positive sum: there must be at least one scored unit.")
-    if not np.isfinite(totals).all():
-        raise ValueError("some log-likelihoods are not finite (a sample has zero probability under the model).")
-    return totals, units
-
-
-def _resample(n: int, n_boot: int, rng: np.random.Generator, stat) -> np.ndarray:
-    """`n_boot` replicates of ``stat(idx)``, idx of shape `(chunk, n)` drawn with replacement, in bounded chunks."""
-    out = np.empty(n_boot)
-    step = max(1, _MAX_DRAWS // n)
-    for b in range(0, n_boot, step):
-        idx = rng.integers(0, n, size=(min(step, n_boot - b), n))
-        # a replicate with no scored unit (possible when most sequences are empty) is NaN and dropped later
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[b : b + idx.shape[0]] = stat(idx)
-    return out
-
-
-def _ratio(totals: np.ndarray, units: np.ndarray):
-    return lambda idx: totals[idx].sum(1) / units[idx].sum(1)
-
-
-def _interval(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
-    replicates = replicates[np.isfinite(replicates)]
-    alpha = (1.0 - confidence) / 2
-    low, high = np.quantile(replicates, [alpha, 1 - alpha])
-    return float(low), float(high)
-
-
-def _check_bootstrap_args(n_boot: int, confidence: float) -> None:
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie in (0, 1) (got {confidence}); e.g. 0.95 for a 95 % interval.")
-    if n_boot < 10:
-        raise ValueError(f"n_boot must be at least 10 (got {n_boot}); 1000 is a good default.")
-
-
-def bootstrap_ci(
-    totals, units, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0
-) -> tuple[float, tuple[float, float]]:
-    """Per-unit mean ``sum(totals) / sum(units)`` and its percentile bootstrap interval over sequences.
-
-    Args:
-        totals (array-like of shape `(N,)`): per-sequence total log-likelihoods.
-        units (array-like of shape `(N,)`): per-sequence numbers of scored units (tokens, bytes or 1 per point).
-        n_boot (`int`): bootstrap replicates.
-        confidence (`float`): coverage of the interval, e.g. 0.95.
-        seed (`int`): seed of the resampling.
-
-    Returns:
-        `tuple[float, tuple[float, float]]`: the estimate and its ``(low, high)`` interval.
-    """
-    _check_bootstrap_args(n_boot, confidence)
-    totals, units = _check_pair(totals, units)
-    replicates = _resample(totals.size, n_boot, np.random.default_rng(seed), _ratio(totals, units))
-    return float(totals.sum() / units.sum()), _interval(replicates, confidence)
-
-
-def bootstrap_difference(
-    totals_a,
-    units_a,
-    totals_b,
-    units_b,
-    paired: bool,
-    n_boot: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Difference ``mean_a - mean_b`` of two per-unit means with a bootstrap interval.
-
-    Paired (`paired=True`) when a and b score the *same* samples (e.g. the recall of two students on one set of
-    reference samples): the same resampled indices are used on both sides, which cancels the sample-to-sample
-    variance they share. Unpaired otherwise (e.g. precision, where each student scores its own samples).
-
-    Args:
-        totals_a, units_a, totals_b, units_b (array-like of shape `(N_a,)` / `(N_b,)`): per-sequence values.
-        paired (`bool`): resample a and b jointly (requires ``N_a == N_b``, sample i the same on both sides).
-        n_boot, confidence, seed: as in [`bootstrap_ci`].
-
-    Returns:
-        `dict`: ``difference``, ``difference_ci`` (low, high), ``prob_a_greater`` (share of replicates with a > b),
-        ``paired``.
-    """
-    _check_bootstrap_args(n_boot, confidence)
-    ta, ua = _check_pair(totals_a, units_a)
-    tb, ub = _check_pair(totals_b, units_b)
-    if paired and ta.size != tb.size:
-        raise ValueError(
-            f"a paired bootstrap needs the same samples on both sides (got {ta.size} and {tb.size} sequences); "
-            "score both models on one set of samples, or use paired=False."
-        )
-    rng = np.random.default_rng(seed)
-    if paired:
-        ratio_a, ratio_b = _ratio(ta, ua), _ratio(tb, ub)
-        diffs = _resample(ta.size, n_boot, rng, lambda idx: ratio_a(idx) - ratio_b(idx))
-    else:
-        diffs = _resample(ta.size, n_boot, rng, _ratio(ta, ua)) - _resample(tb.size, n_boot, rng, _ratio(tb, ub))
-    finite = diffs[np.isfinite(diffs)]
-    return {
-        "difference": float(ta.sum() / ua.sum() - tb.sum() / ub.sum()),
-        "difference_ci": _interval(diffs, confidence),
-        "prob_a_greater": float((finite > 0).mean()),
-        "paired": paired,
-    }
 
 
 def _signature(model) -> str | None:
@@ -199,12 +83,12 @@ def score_samples(model, samples, unit: str = "token", **score_kwargs) -> tuple[
         units = model.num_bytes(samples, **score_kwargs)
     elif unit != "token":
         raise ValueError(f"unit must be 'token' or 'byte' here (got {unit!r}).")
-    return _as_numpy(total), _as_numpy(units)
+    return as_numpy(total), as_numpy(units)
 
 
 def _side(name: str, totals, units, unit, n_boot, confidence, seed) -> dict[str, Any]:
     if n_boot == 0:  # the estimate alone, e.g. one seed of many, where the spread over seeds is the interval
-        totals, units = _check_pair(totals, units)
+        totals, units = check_pair(totals, units)
         mean, ci = float(totals.sum() / units.sum()), None
     else:
         mean, ci = bootstrap_ci(totals, units, n_boot=n_boot, confidence=confidence, seed=seed)
@@ -357,3 +241,53 @@ def compare_students(result_a: dict, result_b: dict, **bootstrap_kwargs) -> dict
         out[f"{name}_difference_ci"] = diff["difference_ci"]
         out[f"{name}_prob_a_greater"] = diff["prob_a_greater"]
     return out
+
+
+def compare_to_baseline(
+    runs: list[dict], group_key: str, baseline, keys: tuple[str, ...] = ("precision", "recall"), level: float = 0.95
+) -> dict[str, dict]:
+    """Paired comparison of every run with the baseline run of its seed (e.g. distilled students vs the direct one).
+
+    Each run is a dict with ``seed``, `group_key` (e.g. ``"tau"``) and the `keys` of a [`precision_recall`] result.
+    Runs of one seed share what the seed fixes (initial weights, reference samples), so differences within a seed
+    are paired:
+
+    - over seeds, per group g: ``d_s = run(g, s)[key] - run(baseline, s)[key]`` for every seed s that has a baseline
+      run, their mean and t-interval ([`mean_confidence_interval`]). With one seed the t-interval is undefined:
+      ``low`` and ``high`` are NaN (and ``excludes_zero`` is False), never a zero-width interval. The baseline group's
+      difference from itself is exactly 0 with a zero-width interval, by definition.
+    - over sequences, per run of another group that kept its per-sequence arrays (``*_log_likelihood``,
+      ``*_units``), as its baseline did: [`compare_students`] (run minus baseline; recall paired on the shared
+      reference samples), the bootstrap seeded with the run's seed.
+
+    Args:
+        runs (`list[dict]`): the runs, e.g. loaded from their ``scores.json``.
+        group_key (`str`): the key that names a run's group.
+        baseline: the value of `group_key` of the baseline runs.
+        keys (`tuple[str, ...]`): the scores to compare.
+        level (`float`): coverage of the t-intervals over seeds.
+
+    Returns:
+        `dict`: ``groups``: ``{g: {key: {"mean", "low", "high", "per_seed", "excludes_zero"}}}`` in the order groups
+        first appear, ``per_seed`` the list of d_s in run order; ``bootstrap``: ``{(g, seed): compare_students
+        result}`` with its intervals as lists.
+    """
+    base = {r["seed"]: r for r in runs if r[group_key] == baseline}
+    groups, boot = {}, {}
+    for group in dict.fromkeys(r[group_key] for r in runs):
+        paired = [(r, base[r["seed"]]) for r in runs if r[group_key] == group and r["seed"] in base]
+        groups[group] = {}
+        for key in keys:
+            diffs = [r[key] - b[key] for r, b in paired]
+            if group == baseline:
+                mean, half = 0.0, 0.0
+            else:
+                mean, half = mean_confidence_interval(diffs, level) if diffs else (math.nan, math.nan)
+            low, high = mean - half, mean + half
+            groups[group][key] = {"mean": mean, "low": low, "high": high, "per_seed": diffs}
+            groups[group][key]["excludes_zero"] = bool(low > 0 or high < 0)
+        for r, b in paired:
+            if group != baseline and all(f"{key}_log_likelihood" in x for x in (r, b) for key in keys):
+                diff = compare_students(r, b, seed=r["seed"])
+                boot[group, r["seed"]] = {k: list(v) if isinstance(v, tuple) else v for k, v in diff.items()}
+    return {"groups": groups, "bootstrap": boot}
