@@ -93,19 +93,9 @@ class MiniatureArguments:
 
 def transformer(vocab_size: int, hidden: int, layers: int, seed: int) -> LlamaForCausalLM:
     """A Llama-architecture causal LM initialised from scratch with `seed` (4 heads, MLP 4x, untied head)."""
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
+    sizes = dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers)
+    heads = dict(num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    config = LlamaConfig(**sizes, **heads, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
 
