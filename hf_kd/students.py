@@ -1,11 +1,18 @@
-"""Ways to initialise a student: a pretrained checkpoint, a fresh model from a config, or a slice of the teacher."""
+"""Ways to initialise a student: a pretrained checkpoint, a fresh model from a config, or a slice of the teacher.
+
+[`STUDENT_INITS`] is the one vocabulary for this choice: recipe configs (``student_init``), [`init_student`] and the
+results/model card (``student_init_method``) all use it. torch and transformers are imported inside the functions so
+that `hf-kd card` reads the vocabulary without loading them.
+"""
 
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
 
 __all__ = ["STUDENT_INITS", "init_student", "slice_layers"]
 
@@ -13,6 +20,8 @@ STUDENT_INITS = ("pretrained", "scratch", "slice")
 
 
 def _decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
+    import torch
+
     layers = getattr(model.get_decoder(), "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
         raise ValueError(f"{type(model).__name__} has no `model.layers` list to slice; use student_init='scratch'.")
@@ -32,6 +41,8 @@ def slice_layers(model: PreTrainedModel, num_layers: int) -> PreTrainedModel:
     Returns:
         `PreTrainedModel`: the sliced copy (``config.num_hidden_layers = num_layers``).
     """
+    import torch
+
     total = len(_decoder_layers(model))
     if not 1 <= num_layers <= total:
         raise ValueError(f"num_layers must be in [1, {total}] for a {total}-layer teacher (got {num_layers}).")
@@ -74,6 +85,9 @@ def init_student(
     Returns:
         `PreTrainedModel`: the student, in float32 unless `from_pretrained_kwargs` say otherwise.
     """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     if init not in STUDENT_INITS:
         raise ValueError(f"student_init={init!r} is unknown; choose one of {STUDENT_INITS}.")
     if init == "pretrained":

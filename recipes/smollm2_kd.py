@@ -30,10 +30,8 @@ from hf_kd.offline import OFFLINE_MODELS, OFFLINE_SMOLLM2, hub_name, load_causal
 from hf_kd.reporting import format_table, plot_precision_recall
 from hf_kd.run_record import RUN_CONFIG_FILE, check_run_dir, write_run_config
 from hf_kd.sanitize import current_command
-from hf_kd.students import init_student
+from hf_kd.students import STUDENT_INITS, init_student
 from hf_kd.validation import check_model_path
-
-STUDENT_INIT_METHODS = {"pretrained": "pretrained", "scratch": "from_scratch", "slice": "layer_slice"}
 
 
 @dataclass
@@ -102,10 +100,8 @@ def run_config(recipe, training_args, model_args, selectivity: float) -> dict:
 
 def validate(recipe: RecipeArguments, training_args: DistillationConfig, model_args: ModelConfig) -> list[float]:
     """Check the whole config before anything is loaded or trained; return the selectivities to run."""
-    if recipe.student_init not in STUDENT_INIT_METHODS:
-        raise ValueError(
-            f"student_init={recipe.student_init!r} is unknown; choose one of {tuple(STUDENT_INIT_METHODS)}."
-        )
+    if recipe.student_init not in STUDENT_INITS:
+        raise ValueError(f"student_init={recipe.student_init!r} is unknown; choose one of {STUDENT_INITS}.")
     if recipe.student_init == "slice" and recipe.student_num_layers is None:
         raise ValueError("student_init='slice' needs student_num_layers (layers kept from the teacher).")
     if recipe.student_init == "pretrained" and recipe.student_name_or_path is None:
@@ -328,7 +324,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             results = results_from_trainer(
                 trainer,
                 student_init=recipe.student_name_or_path or teacher_name,
-                student_init_method=STUDENT_INIT_METHODS[recipe.student_init],
+                student_init_method=recipe.student_init,
                 teacher=teacher_name,
                 datasets=[recipe.dataset_name] if recipe.dataset_name else [],
                 train_prompts=train_prompts(recipe),

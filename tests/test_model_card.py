@@ -320,7 +320,7 @@ def test_with_precision_recall_takes_the_metric_output():
     torch.manual_seed(0)
     student, reference = GMMModel(GMMConfig(num_components=2)), GMMModel(GMMConfig(num_components=3))
     pr = precision_recall(student, reference, num_samples=64, n_boot=200, seed=3)
-    results = DistillationResults(student_init="scratch", student_init_method="from_scratch", teacher="t")
+    results = DistillationResults(student_init="scratch", student_init_method="scratch", teacher="t")
     results = results.with_precision_recall(pr, reference_model="gmm-3")
     assert (results.precision, results.recall) == (pr["precision"], pr["recall"])
     assert results.precision_ci == tuple(pr["precision_ci"]) and results.recall_ci == tuple(pr["recall_ci"])

@@ -6,16 +6,8 @@ A thin wrapper: the math lives in `hf_kd.metrics.precision_recall`.
 import datasets
 import evaluate
 
+from hf_kd.citation import CITATION, PAPER_URL
 from hf_kd.metrics import as_generative_model, precision_recall
-
-_CITATION = """\
-@inproceedings{cha2025why,
-  title={Why Knowledge Distillation Works in Generative Models: A Minimal Working Explanation},
-  author={Cha, Sungmin and Cho, Kyunghyun},
-  booktitle={NeurIPS},
-  year={2025}
-}
-"""
 
 _DESCRIPTION = """\
 Precision = E_{x ~ student}[log p_reference(x)] and recall = E_{x ~ reference}[log p_student(x)], averaged per
@@ -56,10 +48,10 @@ class KdPrecisionRecall(evaluate.Metric):
         return evaluate.MetricInfo(
             module_type="metric",
             description=_DESCRIPTION,
-            citation=_CITATION,
+            citation=CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=_FEATURES,
-            reference_urls=["https://arxiv.org/abs/2505.13111"],
+            reference_urls=[PAPER_URL],
         )
 
     def _compute(
