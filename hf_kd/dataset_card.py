@@ -1,4 +1,8 @@
-"""Dataset card (README.md with YAML metadata) of an offline teacher-sample dataset, ready for ``push_to_hub``."""
+"""Dataset card of an offline teacher-sample dataset: a `huggingface_hub.DatasetCard`, ready for ``push_to_hub``.
+
+The metadata (``configs`` for `load_dataset`, ``hf_kd`` for provenance: the generation arguments and statistics) is a
+`DatasetCardData`; the text is the Jinja template ``hf_kd/templates/dataset_card.md``, as for model cards.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,15 @@ import math
 import os
 
 import pyarrow as pa
-import yaml
+from huggingface_hub import DatasetCard, DatasetCardData
 
-__all__ = ["dataset_statistics", "render_dataset_card", "write_dataset_card"]
+from .cards.render import template_path
+from .citation import PAPER_REFERENCE
 
-PAPER = (
-    'Sungmin Cha and Kyunghyun Cho, "Why Knowledge Distillation Works in Generative Models: A Minimal Working '
-    'Explanation", NeurIPS 2025 (arXiv:2505.13111)'
-)
+__all__ = ["dataset_card_data", "dataset_statistics", "render_dataset_card", "write_dataset_card"]
+
+TAGS = ["hf-kd", "knowledge-distillation", "synthetic", "teacher-samples"]
+DATA_FILES = [{"split": "train", "path": "data/train-*.parquet"}]
 
 
 def _size_category(n: int) -> str:
@@ -47,24 +52,20 @@ def dataset_statistics(table: pa.Table) -> dict:
     }
 
 
-def render_dataset_card(generation: dict, stats: dict) -> str:
-    """README.md text: YAML metadata (``configs`` for `load_dataset`, ``hf_kd`` for provenance) and a summary.
+def dataset_card_data(generation: dict, stats: dict) -> DatasetCardData:
+    """The card's metadata: tags, task and size categories, the ``configs`` that `load_dataset` reads, and ``hf_kd``
+    (the generation arguments, then the statistics; infinities and NaNs as strings)."""
+    return DatasetCardData(
+        tags=list(TAGS),
+        task_categories=["text-generation"],
+        size_categories=[_size_category(stats["num_samples"])],
+        configs=[{"config_name": "default", "data_files": DATA_FILES}],
+        hf_kd={**{k: _finite(v) if isinstance(v, float) else v for k, v in generation.items()}, **stats},
+    )
 
-    Args:
-        generation (`dict`): the generation arguments (teacher, revision, selectivity, ..., command).
-        stats (`dict`): from `dataset_statistics`.
 
-    Returns:
-        `str`: the card.
-    """
-    meta = {
-        "tags": ["hf-kd", "knowledge-distillation", "synthetic", "teacher-samples"],
-        "task_categories": ["text-generation"],
-        "size_categories": [_size_category(stats["num_samples"])],
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}],
-        "hf_kd": {**{k: _finite(v) if isinstance(v, float) else v for k, v in generation.items()}, **stats},
-    }
-    g = generation
+def _template_variables(g: dict, stats: dict) -> dict:
+    """The variables of ``templates/dataset_card.md``, formatted."""
     if g.get("target_entropy") is not None:
         knob = (
             f"target entropy {g['target_entropy']} nats/token (mean selectivity solved: {stats['mean_selectivity']})"
@@ -72,52 +73,49 @@ def render_dataset_card(generation: dict, stats: dict) -> str:
     else:
         knob = f"selectivity {g['selectivity']} (temperature {g['temperature']})"
     prompts = g.get("prompt") if g.get("prompt") is not None else f"{g.get('num_prompts')} prompts"
-    lines = [
-        "---",
-        yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(),
-        "---",
-        "",
-        f"# Teacher samples of {g['teacher']}",
-        "",
-        f"{stats['num_samples']} completions ({stats['num_tokens']} tokens) sampled from `{g['teacher']}` "
-        f"(revision `{g.get('revision')}`) for {prompts!r} at {knob}, top-k {g.get('top_k')}, top-p {g.get('top_p')}, "
-        f"at most {g['max_new_tokens']} new tokens, seed {g['seed']}. Made with hf_kd for sequence-level knowledge "
-        f"distillation ({PAPER}).",
-        "",
-        "Columns: `sample_id`, `prompt`, `completion` (text, special tokens skipped), `completion_ids` (ending with "
-        "EOS when the teacher stopped: EOS is kept, unlike the paper's scripts), `num_tokens`, `finished`, "
-        "`teacher_logprob` (sum under the unsharpened teacher), `sampling_logprob` (sum under the sampling "
-        + (
-            "distribution; NaN here: the vLLM backend returns the teacher's log-probs only)"
-            if g.get("backend") == "vllm"
-            else "distribution)"
-        )
-        + ", `mean_selectivity`"
-        + (
-            f", `topk_ids` / `topk_logprobs` (the teacher's top-{g['store_topk']} per token, unsharpened, not "
-            "renormalised: the tail mass is 1 - sum exp).",
-            ".",
-        )[not g.get("store_topk")],
-        "",
-        f"{stats['fraction_finished_with_eos']:.1%} of the samples ended with EOS; mean length "
-        f"{stats['mean_tokens_per_sample']:.1f} tokens; teacher log-prob {stats['teacher_logprob_per_token']} "
-        "nats/token.",
-        "",
-        "Sample `i` depends only on `(seed, i)`: the dataset is identical across resumes and process counts.",
-        "",
-        "```bash",
-        str(g.get("command")),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+    return {
+        "teacher": g["teacher"],
+        "num_samples": stats["num_samples"],
+        "num_tokens": stats["num_tokens"],
+        "revision": str(g.get("revision")),
+        "prompts_md": repr(prompts),
+        "sharpening_md": knob,
+        "top_k": str(g.get("top_k")),
+        "top_p": str(g.get("top_p")),
+        "max_new_tokens": g["max_new_tokens"],
+        "seed": g["seed"],
+        "paper_reference": PAPER_REFERENCE,
+        "vllm": g.get("backend") == "vllm",
+        "store_topk": g.get("store_topk"),
+        "finished_md": f"{stats['fraction_finished_with_eos']:.1%}",
+        "mean_length_md": f"{stats['mean_tokens_per_sample']:.1f}",
+        "teacher_logprob": str(stats["teacher_logprob_per_token"]),
+        "command": str(g.get("command")),
+    }
+
+
+def render_dataset_card(generation: dict, stats: dict) -> DatasetCard:
+    """The README.md of a teacher-sample dataset.
+
+    Args:
+        generation (`dict`): the generation arguments (teacher, revision, selectivity, ..., command).
+        stats (`dict`): from `dataset_statistics`.
+
+    Returns:
+        [`huggingface_hub.DatasetCard`]: metadata as in [`dataset_card_data`], and a summary of how the samples were
+        drawn, their columns and statistics, and the command that made them.
+    """
+    return DatasetCard.from_template(
+        dataset_card_data(generation, stats),
+        template_path=str(template_path("dataset_card.md")),
+        **_template_variables(generation, stats),
+    )
 
 
 def write_dataset_card(output_dir: str, generation: dict, table: pa.Table) -> str:
     """Write ``output_dir/README.md`` atomically and return its path."""
     path = os.path.join(output_dir, "README.md")
     tmp = path + f".tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(render_dataset_card(generation, dataset_statistics(table)))
+    render_dataset_card(generation, dataset_statistics(table)).save(tmp)
     os.replace(tmp, path)
     return path
