@@ -37,7 +37,6 @@ from (`hf_kd.fingerprint.token_id_signature`), checked by `hf_kd.DistillationTra
 
 from __future__ import annotations
 
-import argparse
 import glob
 import hashlib
 import json
@@ -50,7 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .fingerprint import fingerprint_changes, teacher_fingerprint, token_id_signature
-from .generation_cli import BACKENDS, add_generate_arguments, generate_from_args
+from .generation_cli import BACKENDS, GenerateArguments, generate_from_args
 from .offline import resolve_model_name
 from .sequence_sampling import sample_batch, sample_seed
 from .sharpening import check_selectivity
@@ -58,7 +57,7 @@ from .trainer_checks import TOKEN_ID_SIGNATURE_COLUMN
 from .validation import check_model_path, check_output_dir, check_token_ids, dtype_name, parse_dtype
 
 __all__ = [
-    "add_generate_arguments",
+    "GenerateArguments",
     "generate_distillation_dataset",
     "generate_from_args",
     "sample_batch",
@@ -512,14 +511,9 @@ def generate_distillation_dataset(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .cli import HelpFormatter
+    from .cli import run_command
 
-    parser = argparse.ArgumentParser(
-        prog="python -m hf_kd.generation",
-        description=__doc__.splitlines()[0],
-        formatter_class=HelpFormatter,
-    )
-    generate_from_args(add_generate_arguments(parser).parse_args(argv))
+    run_command("generate", argv, prog="python -m hf_kd.generation")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ seeds (`hf_kd.metrics.bootstrap_ci`), with the medians beside them. Used by ``re
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -30,12 +29,12 @@ from tqdm.auto import tqdm
 
 from .metrics import bootstrap_ci, precision_recall
 from .models.gmm import GMMConfig, GMMModel
-from .simulation_config import SimulationConfig, add_simulation_arguments, config_from_args
+from .simulation_config import SimulationArguments, SimulationConfig, config_from_args
 
 __all__ = [
+    "SimulationArguments",
     "SimulationConfig",
     "SimulationResults",
-    "add_simulation_arguments",
     "config_from_args",
     "main",
     "plot_simulation",
@@ -318,8 +317,8 @@ def _draw_frontier(ax, rows: list[dict], colors, labels: list[str]) -> None:
     ax.grid(alpha=0.3)
 
 
-def run_from_args(args: argparse.Namespace) -> SimulationResults:
-    """Run the study from parsed `add_simulation_arguments` options, print the table and write JSON, CSV and PNG
+def run_from_args(args: SimulationArguments) -> SimulationResults:
+    """Run the study from parsed `hf-kd simulate` options, print the table and write JSON, CSV and PNG
     (what ``hf-kd simulate`` and ``recipes/gmm_simulation.py`` do)."""
     from .validation import check_output_dir
 
@@ -334,8 +333,6 @@ def run_from_args(args: argparse.Namespace) -> SimulationResults:
 
 def main(argv: list[str] | None = None) -> SimulationResults:
     """Command-line entry point: parse `argv` and call [`run_from_args`]."""
-    from .cli import HelpFormatter
+    from .cli import run_command
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    parser = add_simulation_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
+    return run_command("simulate", argv, prog="python recipes/gmm_simulation.py")

@@ -1,15 +1,22 @@
-"""Settings of the mixture-of-Gaussians study and its command-line options (`hf-kd simulate`).
+"""Settings of the mixture-of-Gaussians study, which are also the options of `hf-kd simulate` (parsed by TRL's
+`TrlParser` in `hf_kd.cli`: ``--config x.yaml``, then flags).
 
 Kept apart from `hf_kd.simulation` so that `hf-kd simulate --help` answers without importing torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Literal
 
-__all__ = ["SimulationConfig", "add_simulation_arguments", "config_from_args"]
+__all__ = ["SimulationArguments", "SimulationConfig", "config_from_args"]
+
+CovarianceType = Literal["full", "diag", "spherical"]
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
 
 
 @dataclass
@@ -23,7 +30,8 @@ class SimulationConfig:
         num_teacher_samples (`int`): samples of the sharpened teacher each student is fit on.
         num_eval_samples (`int`): samples drawn to estimate each precision and recall (fresh p* samples for recall,
             where the notebook reuses the n training points).
-        selectivities (`tuple[float, ...]`): betas of the sweep (``inf`` = the heaviest teacher component only).
+        selectivities (`list[float]`, stored as a tuple): betas of the sweep (``inf`` = the heaviest teacher
+            component only).
         num_seeds (`int`): independent repetitions (new p* samples, teacher, students).
         seed (`int`): first seed; seeds ``seed .. seed + num_seeds - 1`` are run.
         teacher_covariance_type, student_covariance_type (`str`): ``"full"``, ``"diag"`` or ``"spherical"``.
@@ -34,23 +42,27 @@ class SimulationConfig:
         plot (`bool`): also draw the PNG figure.
     """
 
-    teacher_components: int = 4
-    student_components: int = 1
-    num_train_samples: int = 100
-    num_teacher_samples: int = 1000
-    num_eval_samples: int = 10000
-    selectivities: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 100.0, math.inf)
-    num_seeds: int = 100
-    seed: int = 0
-    teacher_covariance_type: str = "diag"
-    student_covariance_type: str = "diag"
-    max_iter: int = 100
-    tol: float = 1e-3
-    n_init: int = 1
-    confidence: float = 0.95
-    num_bootstrap: int = 10000
-    output_dir: str | None = None
-    plot: bool = True
+    teacher_components: int = field(default=4, metadata=_help("K' of the teacher."))
+    student_components: int = field(default=1, metadata=_help("K'' of the students."))
+    num_train_samples: int = field(default=100, metadata=_help("n samples of p*."))
+    num_teacher_samples: int = field(default=1000, metadata=_help("Distillation set."))
+    num_eval_samples: int = field(default=10000, metadata=_help("Samples per score."))
+    # a list for the parser (nargs="+"); stored as a tuple by __post_init__
+    selectivities: list[float] = field(
+        default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 100.0, math.inf],
+        metadata=_help("Betas of the sweep ('inf' = heaviest teacher component)."),
+    )
+    num_seeds: int = field(default=100, metadata=_help("Independent repetitions."))
+    seed: int = field(default=0, metadata=_help("First seed."))
+    teacher_covariance_type: CovarianceType = field(default="diag", metadata=_help("Covariance of the teacher's."))
+    student_covariance_type: CovarianceType = field(default="diag", metadata=_help("Covariance of the students'."))
+    max_iter: int = field(default=100, metadata=_help("EM iterations."))
+    tol: float = field(default=1e-3, metadata=_help("EM tolerance on the mean log-likelihood."))
+    n_init: int = field(default=1, metadata=_help("k-means starts per EM fit (keeps the best)."))
+    confidence: float = field(default=0.95, metadata=_help("Coverage of the seed intervals."))
+    num_bootstrap: int = field(default=10000, metadata=_help("Bootstrap replicates over seeds."))
+    output_dir: str | None = field(default=None, metadata=_help("Where JSON, CSV and PNG go (default: none)."))
+    plot: bool = field(default=True, metadata=_help("Draw the PNG figure."))
 
     def __post_init__(self):
         self.selectivities = tuple(float(b) for b in self.selectivities)
@@ -83,39 +95,15 @@ class SimulationConfig:
             )
 
 
-def add_simulation_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the [`SimulationConfig`] options (``--teacher-components`` ...) to an argparse parser."""
-    d = SimulationConfig()
-    parser.add_argument("--teacher-components", type=int, default=d.teacher_components, help="K' of the teacher.")
-    parser.add_argument("--student-components", type=int, default=d.student_components, help="K'' of students.")
-    parser.add_argument("--num-train-samples", type=int, default=d.num_train_samples, help="n samples of p*.")
-    parser.add_argument("--num-teacher-samples", type=int, default=d.num_teacher_samples, help="Distillation set.")
-    parser.add_argument("--num-eval-samples", type=int, default=d.num_eval_samples, help="Samples per score.")
-    parser.add_argument("--selectivities", type=float, nargs="+", default=list(d.selectivities),
-                        help="Betas of the sweep ('inf' = heaviest teacher component).")  # fmt: skip
-    parser.add_argument("--num-seeds", type=int, default=d.num_seeds, help="Independent repetitions.")
-    parser.add_argument("--seed", type=int, default=d.seed, help="First seed.")
-    for who in ("teacher", "student"):
-        parser.add_argument(
-            f"--{who}-covariance-type",
-            choices=("full", "diag", "spherical"),
-            default=getattr(d, f"{who}_covariance_type"),
-            help=f"Covariance of the {who}'s components.",
-        )
-    parser.add_argument("--max-iter", type=int, default=d.max_iter, help="EM iterations.")
-    parser.add_argument("--tol", type=float, default=d.tol, help="EM tolerance on the mean log-likelihood.")
-    parser.add_argument("--n-init", type=int, default=d.n_init, help="k-means starts per EM fit (keeps the best).")
-    parser.add_argument("--confidence", type=float, default=d.confidence, help="Coverage of the seed intervals.")
-    parser.add_argument("--num-bootstrap", type=int, default=d.num_bootstrap, help="Bootstrap replicates over seeds.")
-    parser.add_argument("--output-dir", default="gmm_simulation_output", help="Where JSON, CSV and PNG go.")
-    parser.add_argument("--no-plot", dest="plot", action="store_false", help="Skip the PNG figure (default: drawn).")
-    parser.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="Hide the progress bar (default: shown)."
-    )
-    return parser
+@dataclass
+class SimulationArguments(SimulationConfig):
+    """The options of `hf-kd simulate`: a [`SimulationConfig`] that writes to ``gmm_simulation_output`` unless told
+    otherwise, and a progress bar (``--no_progress`` hides it)."""
+
+    output_dir: str = field(default="gmm_simulation_output", metadata=_help("Where JSON, CSV and PNG go."))
+    progress: bool = field(default=True, metadata=_help("Show the progress bar."))
 
 
-def config_from_args(args: argparse.Namespace) -> SimulationConfig:
-    """Build a [`SimulationConfig`] from parsed `add_simulation_arguments` options."""
-    names = SimulationConfig.__dataclass_fields__
-    return SimulationConfig(**{k: v for k, v in vars(args).items() if k in names})
+def config_from_args(args: SimulationArguments) -> SimulationConfig:
+    """The [`SimulationConfig`] of parsed `hf-kd simulate` options (without the command's own ``progress``)."""
+    return SimulationConfig(**{f.name: getattr(args, f.name) for f in fields(SimulationConfig)})

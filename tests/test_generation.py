@@ -1,6 +1,5 @@
 """Offline teacher-sample datasets: columns against independent scorers, sampler law, resume, two ranks, card, CLI."""
 
-import argparse
 import math
 import os
 import signal
@@ -15,7 +14,8 @@ import yaml
 from conftest import make_llama, make_tokenizer
 
 from hf_kd import generation
-from hf_kd.generation import add_generate_arguments, generate_distillation_dataset, generate_from_args
+from hf_kd.cli import parse_command
+from hf_kd.generation import generate_distillation_dataset, generate_from_args
 from hf_kd.metrics.lm_adapter import CausalLMAdapter
 from hf_kd.sequence_sampling import sample_batch
 
@@ -208,11 +208,10 @@ def test_cli_loads_a_teacher_by_path(tmp_path, tokenizer, sharp_teacher):
     sharp_teacher.save_pretrained(tmp_path / "teacher")
     tokenizer.save_pretrained(tmp_path / "teacher")
     (tmp_path / "prompts.txt").write_text("the cat\n\nred\n")
-    parser = add_generate_arguments(argparse.ArgumentParser())
     argv = [str(tmp_path / "teacher"), "--output-dir", str(tmp_path / "out"), "--num-samples", "4",
             "--prompts-file", str(tmp_path / "prompts.txt"), "--selectivity", "3", "--max-new-tokens", "4",
             "--store-topk", "2", "--no-progress"]  # fmt: skip
-    ds = generate_from_args(parser.parse_args(argv))
+    ds = generate_from_args(*parse_command("generate", argv))
     assert ds["prompt"] == ["the cat", "red", "the cat", "red"]
     assert all(len(t) == n and all(len(k) == 2 for k in t) for t, n in zip(ds["topk_ids"], ds["num_tokens"]))
     by_path = generate_distillation_dataset(tmp_path / "teacher", None, str(tmp_path / "by_path"), 4,
@@ -223,8 +222,8 @@ def test_cli_loads_a_teacher_by_path(tmp_path, tokenizer, sharp_teacher):
                                            prompts=["the cat", "red"], selectivity=3.0, max_new_tokens=4,
                                            store_topk=2, batch_size=32, progress=False)  # fmt: skip
     assert_same_samples(ds, direct)  # the reloaded teacher runs sdpa attention, the fixture eager: float rounding
-    with pytest.raises(SystemExit):
-        parser.parse_args([*argv, "--temperature", "0.5"])  # selectivity and temperature are exclusive
+    with pytest.raises(ValueError, match="not several"):  # selectivity and temperature are exclusive
+        generate_from_args(*parse_command("generate", [*argv, "--temperature", "0.5"]))
 
 
 @pytest.mark.parametrize(

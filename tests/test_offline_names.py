@@ -1,6 +1,5 @@
 """One `offline:` name resolution for every entry point, names checked before any model loads, a locked conversion."""
 
-import argparse
 import threading
 import time
 
@@ -8,8 +7,8 @@ import pytest
 from conftest import make_llama
 
 import hf_kd.offline as offline
-from hf_kd.cli import build_parser, evaluate_from_args
-from hf_kd.generation_cli import add_generate_arguments, generate_from_args
+from hf_kd.cli import evaluate_from_args, parse_command
+from hf_kd.generation_cli import generate_from_args
 from hf_kd.offline import OFFLINE_SMOLLM2, load_causal_lm, resolve_model_name
 from hf_kd.validation import check_model_path
 
@@ -49,17 +48,17 @@ def test_every_entry_point_resolves_offline_names(offline_tiny, tiny_dir, tmp_pa
     assert resolve_model_name(OFFLINE_SMOLLM2) == str(tiny_dir)
     model, _, resolved = load_causal_lm(OFFLINE_SMOLLM2)  # what the recipes load through
     assert resolved == str(tiny_dir) and model.config.vocab_size == make_llama(25).config.vocab_size
-    parser = add_generate_arguments(argparse.ArgumentParser())
     argv = [OFFLINE_SMOLLM2, "--output-dir", str(tmp_path / "samples"), "--num-samples", "2", "--prompt", "the",
             "--max-new-tokens", "2", "--no-progress"]  # fmt: skip
-    dataset = generate_from_args(parser.parse_args(argv))
+    dataset = generate_from_args(*parse_command("generate", argv))
     assert len(dataset) == 2
-    same = generate_from_args(parser.parse_args([str(tiny_dir), *argv[1:2], str(tmp_path / "p"), *argv[3:]]))
+    argv_by_path = [str(tiny_dir), *argv[1:2], str(tmp_path / "p"), *argv[3:]]
+    same = generate_from_args(*parse_command("generate", argv_by_path))
     assert dataset["completion_ids"] == same["completion_ids"]  # the same model, so the same seeded samples
-    evaluate = ["evaluate", "--reference", str(tiny_dir), "--num-samples", "4", "--max-new-tokens", "2",
+    evaluate = ["--reference", str(tiny_dir), "--num-samples", "4", "--max-new-tokens", "2",
                 "--device", "cpu", "--prompt", "the", "--student"]  # fmt: skip
-    by_name = evaluate_from_args(build_parser().parse_args([*evaluate, OFFLINE_SMOLLM2]))[0]
-    by_path = evaluate_from_args(build_parser().parse_args([*evaluate, str(tiny_dir)]))[0]
+    by_name = evaluate_from_args(*parse_command("evaluate", [*evaluate, OFFLINE_SMOLLM2]))[0]
+    by_path = evaluate_from_args(*parse_command("evaluate", [*evaluate, str(tiny_dir)]))[0]
     assert (by_name["precision"], by_name["recall"]) == (by_path["precision"], by_path["recall"])
     assert len(offline_tiny) == 4
 
@@ -67,8 +66,8 @@ def test_every_entry_point_resolves_offline_names(offline_tiny, tiny_dir, tmp_pa
 def test_evaluate_checks_every_student_before_loading(tiny_dir, monkeypatch):
     loaded = []
     monkeypatch.setattr(offline, "load_causal_lm", lambda *a, **k: loaded.append(a) or pytest.fail("loaded"))
-    args = build_parser().parse_args(
-        ["evaluate", "--student", str(tiny_dir), str(tiny_dir.parent / "tiyn"), "--reference", str(tiny_dir)]
+    (args,) = parse_command(
+        "evaluate", ["--student", str(tiny_dir), str(tiny_dir.parent / "tiyn"), "--reference", str(tiny_dir)]
     )
     with pytest.raises(ValueError, match="the student '.*tiyn' does not exist on this machine"):
         evaluate_from_args(args)
@@ -76,8 +75,8 @@ def test_evaluate_checks_every_student_before_loading(tiny_dir, monkeypatch):
 
 
 def test_generate_checks_the_teacher_before_loading(tmp_path):
-    parser = add_generate_arguments(argparse.ArgumentParser())
-    args = parser.parse_args([str(tmp_path / "techer"), "--output-dir", str(tmp_path / "o"), "--num-samples", "1"])
+    argv = [str(tmp_path / "techer"), "--output-dir", str(tmp_path / "o"), "--num-samples", "1"]
+    (args,) = parse_command("generate", argv)
     with pytest.raises(ValueError, match="the teacher '.*techer' does not exist on this machine"):
         generate_from_args(args)
     assert not (tmp_path / "o").exists()

@@ -1,7 +1,6 @@
 """The paper's mixture-of-Gaussians study: its direction at the default settings, the notebook's scikit-learn fits,
 scoring under the true p* through hf_kd.metrics, the intervals over seeds, the written files and the options."""
 
-import argparse
 import csv
 import json
 import math
@@ -13,12 +12,12 @@ import pytest
 import torch
 from scipy import stats
 
+from hf_kd.cli import parse_command
 from hf_kd.models.gmm import GMMConfig, GMMModel
 from hf_kd.simulation import (
     STUDENT_STREAM,
     SimulationConfig,
     _jsonable,
-    add_simulation_arguments,
     config_from_args,
     run_simulation,
     save_results,
@@ -143,8 +142,8 @@ def test_outputs_are_written_and_deterministic(tmp_path):
 
 
 def test_options_parse_into_a_config():
-    parser = add_simulation_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(["--selectivities", "1", "inf", "--num-seeds", "3", "--teacher-components", "6"])
+    argv = ["--selectivities", "1", "inf", "--num-seeds", "3", "--teacher-components", "6"]
+    (args,) = parse_command("simulate", argv)
     config = config_from_args(args)
     assert config.selectivities == (1.0, math.inf) and config.num_seeds == 3 and config.teacher_components == 6
     assert config.student_covariance_type == "diag" and config.num_train_samples == 100
