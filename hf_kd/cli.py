@@ -210,10 +210,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class _ConfigAction(argparse.Action):
-    """``--config`` is read by `TrlParser` before argparse runs; argparse only meets it spelled otherwise."""
+    """``--config`` is read by `TrlParser` before argparse runs; argparse only meets it abbreviated (``--conf``)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"write {option_string} as --config PATH (two words, the flag in full)")
+        parser.error("--config is abbreviated: write it in full, --config PATH")
 
 
 def _resolve(target: str):
