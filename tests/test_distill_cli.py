@@ -168,10 +168,11 @@ def test_wheel_installed_outside_the_repo_runs_distill(tmp_path, tokenizer):
     import site
     import sysconfig
 
-    _run(
-        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist"],
-        cwd=ROOT,
-    )
+    # built from a copy: setuptools' build/ folder in the checkout could carry stale modules into later wheels
+    skip = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", "outputs", "docs", "tests")
+    shutil.copytree(ROOT, tmp_path / "src", ignore=skip)
+    wheel = [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist"]
+    _run(wheel, cwd=tmp_path / "src")
     (wheel,) = (tmp_path / "dist").glob("hf_kd-*.whl")
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp_path)
@@ -182,12 +183,14 @@ def test_wheel_installed_outside_the_repo_runs_distill(tmp_path, tokenizer):
         text=True,
         check=True,
     ).stdout.strip()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the source tree must not be importable
+    pip = [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--force-reinstall", wheel]
+    _run(pip, cwd=tmp_path, env=env)
+    # after the install: pip would otherwise see this venv's hf-kd and skip it
     deps = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
     Path(purelib, "deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
-    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", wheel], cwd=tmp_path)
     work = tmp_path / "elsewhere"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = subprocess.run(
         [python, "-c", "import hf_kd; print(hf_kd.__file__)"],
         cwd=work,
@@ -206,29 +209,19 @@ def test_wheel_installed_outside_the_repo_runs_distill(tmp_path, tokenizer):
 
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes_module_and_recipe(tmp_path, tokenizer):
-    """`accelerate launch --num_processes 2 --cpu` of `-m hf_kd.distill` and of recipes/smollm2_kd.py: both finish
-    and write the same students with the same scores (every rank scores; the main one writes)."""
+    """`accelerate launch` with 2 CPU processes of `-m hf_kd.distill` and of recipes/smollm2_kd.py: both finish and
+    write the same students with the same scores (every rank scores; the main one writes)."""
     if shutil.which("accelerate") is None:
         pytest.fail("accelerate's launcher is not on PATH")
     config = tiny_config(tmp_path, tokenizer)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    launch = [
-        "accelerate",
-        "launch",
-        "--num_processes",
-        "2",
-        "--cpu",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
-    _run([*launch, "-m", "hf_kd.distill", "--config", config, "--output_dir", tmp_path / "module"], cwd=ROOT, env=env)
-    _run(
-        [*launch, "recipes/smollm2_kd.py", "--config", config, "--output_dir", tmp_path / "recipe"], cwd=ROOT, env=env
-    )
+    # `--cpu --num_processes 2` starts ONE process in accelerate 1.x (multi-CPU needs mpirun); `--multi_gpu` is its
+    # torchrun launcher, and the config's use_cpu makes the 2 ranks run on CPU with gloo
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    for script, out in ((["-m", "hf_kd.distill"], "module"), (["recipes/smollm2_kd.py"], "recipe")):
+        _run([*launch, *script, "--config", config, "--output_dir", tmp_path / out], cwd=ROOT, env=env)
     module, recipe = written(tmp_path / "module"), written(tmp_path / "recipe")
     assert_same_sweep(module, recipe)
-    assert all(r["num_train_steps"] == 2 for r in module["rows"])
+    # 2 steps of 2 prompts on each of the 2 ranks: the card counts the world's samples
+    assert all((r["num_train_steps"], r["num_train_samples"]) == (2, 8) for r in module["rows"])
