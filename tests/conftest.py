@@ -52,6 +52,33 @@ def make_llama(vocab_size: int, seed: int = 0, hidden: int = 16, layers: int = 1
     return LlamaForCausalLM(config).eval()
 
 
+def tiny_sweep_config(teacher_dir, output_dir, **overrides) -> dict:
+    """A recipes/smollm2_kd.py (`hf-kd distill`) config over a saved tiny teacher: 1-layer slices at selectivities 1
+    and 4, 2 steps of 2 prompts each, 8 evaluation samples per side."""
+    return {
+        "teacher_name_or_path": str(teacher_dir),
+        "student_init": "slice",
+        "student_num_layers": 1,
+        "prompt": "the",
+        "num_prompts": 8,
+        "selectivities": [1.0, 4.0],
+        "completion_source": "teacher",
+        "loss_type": "nll",
+        "max_completion_length": 6,
+        "per_device_train_batch_size": 2,
+        "max_steps": 2,
+        "learning_rate": 1e-3,
+        "save_strategy": "no",
+        "report_to": "none",
+        "eval_num_samples": 8,
+        "eval_max_new_tokens": 6,
+        "eval_prompt": "the",
+        "eval_batch_size": 4,
+        "output_dir": str(output_dir),
+        **overrides,
+    }
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return make_tokenizer()

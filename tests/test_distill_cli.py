@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_llama
+from conftest import make_llama, tiny_sweep_config
 
 from hf_kd import cli
 from hf_kd.cli import parse_command
@@ -36,29 +36,7 @@ def tiny_config(tmp_path: Path, tokenizer, **overrides) -> Path:
     if not teacher.exists():
         make_llama(len(tokenizer), seed=0, hidden=32, layers=2).save_pretrained(teacher)
         tokenizer.save_pretrained(teacher)
-    config = {
-        "teacher_name_or_path": str(teacher),
-        "student_init": "slice",
-        "student_num_layers": 1,
-        "prompt": "the",
-        "num_prompts": 8,
-        "selectivities": [1.0, 4.0],
-        "completion_source": "teacher",
-        "loss_type": "nll",
-        "max_completion_length": 4,
-        "per_device_train_batch_size": 2,
-        "max_steps": 2,
-        "learning_rate": 1e-3,
-        "save_strategy": "no",
-        "report_to": "none",
-        "eval_num_samples": 8,
-        "eval_max_new_tokens": 4,
-        "eval_prompt": "the",
-        "eval_batch_size": 8,
-        "use_cpu": True,
-        "output_dir": str(tmp_path / "out"),
-        **overrides,
-    }
+    config = tiny_sweep_config(teacher, tmp_path / "out", use_cpu=True, **overrides)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

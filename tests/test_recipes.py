@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_llama
+from conftest import make_llama, tiny_sweep_config
 from huggingface_hub import HfApi, ModelCard
 
 from hf_kd.cli import main as card_main
@@ -69,33 +69,16 @@ def test_recipe_end_to_end_on_tiny_models(recipe, tokenizer, tmp_path, monkeypat
     teacher_dir = tmp_path / "teacher"
     make_llama(len(tokenizer), seed=0, hidden=32, layers=2).save_pretrained(teacher_dir)
     tokenizer.save_pretrained(teacher_dir)
-    config = {
-        "teacher_name_or_path": str(teacher_dir),
-        "student_init": "slice",
-        "student_num_layers": 1,
-        "prompt": "the",
-        "num_prompts": 8,
-        "selectivities": [1.0, 4.0],
-        "completion_source": "teacher",
-        "loss_type": "nll",
-        "max_completion_length": 6,
-        "per_device_train_batch_size": 2,
-        "max_steps": 2,
-        "learning_rate": 1e-3,
-        "save_strategy": "no",
-        "report_to": "none",
-        "eval_num_samples": 8,
-        "eval_max_new_tokens": 6,
-        "eval_prompt": "the",
-        "eval_batch_size": 4,
-        "output_dir": str(tmp_path / "out"),
-        "push_to_hub": True,
-        "hub_model_id": "someone/tiny-kd",
-        "eval_strategy": "steps",
-        "eval_steps": 1,
-        "per_device_eval_batch_size": 2,
-        "eval_during_training_samples": 4,
-    }
+    config = tiny_sweep_config(
+        teacher_dir,
+        tmp_path / "out",
+        push_to_hub=True,
+        hub_model_id="someone/tiny-kd",
+        eval_strategy="steps",
+        eval_steps=1,
+        per_device_eval_batch_size=2,
+        eval_during_training_samples=4,
+    )
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(config))
     uploads = []
