@@ -188,8 +188,8 @@ COMMANDS = {
     ),
     "card": (
         "Render model cards from a results JSON (one student's, or a recipe's sweep).",
-        "hf_kd.model_card:add_card_arguments",
-        "hf_kd.model_card:card_from_args",
+        "hf_kd.cards.cli:add_card_arguments",
+        "hf_kd.cards.cli:card_from_args",
     ),
     "env": ("Versions, devices and caches, for bug reports.", None, "hf_kd.cli:env_from_args"),
 }

@@ -31,7 +31,7 @@ from datasets import Dataset, load_dataset
 from huggingface_hub import ModelCard
 from trl import ModelConfig, get_peft_config
 
-from .distill_args import STUDENT_INIT_METHODS, RecipeArguments, run_config, run_name, train_prompts, validate
+from .distill_args import RecipeArguments, run_config, run_name, train_prompts, validate
 from .distillation_config import DistillationConfig
 from .distillation_trainer import DistillationTrainer
 from .hub import push_distilled_student
@@ -45,7 +45,6 @@ from .students import init_student
 
 __all__ = [
     "DISTILL_ARGUMENTS",
-    "STUDENT_INIT_METHODS",
     "RecipeArguments",
     "build_dataset",
     "distil",
@@ -260,7 +259,7 @@ def _train_and_score(recipe, training_args, model_args, loaded: _Loaded, selecti
     results = results_from_trainer(
         trainer,
         student_init=recipe.student_name_or_path or teacher_name,
-        student_init_method=STUDENT_INIT_METHODS[recipe.student_init],
+        student_init_method=recipe.student_init,
         teacher=teacher_name,
         datasets=[recipe.dataset_name] if recipe.dataset_name else [],
         train_prompts=train_prompts(recipe),

@@ -12,11 +12,10 @@ from trl import ModelConfig
 
 from .distillation_config import DistillationConfig
 from .offline import OFFLINE_SMOLLM2
+from .students import STUDENT_INITS
 from .validation import check_model_path
 
-__all__ = ["STUDENT_INIT_METHODS", "RecipeArguments", "run_config", "run_name", "train_prompts", "validate"]
-
-STUDENT_INIT_METHODS = {"pretrained": "pretrained", "scratch": "from_scratch", "slice": "layer_slice"}
+__all__ = ["RecipeArguments", "run_config", "run_name", "train_prompts", "validate"]
 
 
 @dataclass
@@ -86,10 +85,8 @@ def run_config(recipe, training_args, model_args, selectivity: float) -> dict:
 
 def validate(recipe: RecipeArguments, training_args: DistillationConfig, model_args: ModelConfig) -> list[float]:
     """Check the whole config before anything is loaded or trained; return the selectivities to run."""
-    if recipe.student_init not in STUDENT_INIT_METHODS:
-        raise ValueError(
-            f"student_init={recipe.student_init!r} is unknown; choose one of {tuple(STUDENT_INIT_METHODS)}."
-        )
+    if recipe.student_init not in STUDENT_INITS:
+        raise ValueError(f"student_init={recipe.student_init!r} is unknown; choose one of {STUDENT_INITS}.")
     if recipe.student_init == "slice" and recipe.student_num_layers is None:
         raise ValueError("student_init='slice' needs student_num_layers (layers kept from the teacher).")
     if recipe.student_init == "pretrained" and recipe.student_name_or_path is None:
