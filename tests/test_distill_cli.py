@@ -36,7 +36,8 @@ def tiny_config(tmp_path: Path, tokenizer, **overrides) -> Path:
     if not teacher.exists():
         make_llama(len(tokenizer), seed=0, hidden=32, layers=2).save_pretrained(teacher)
         tokenizer.save_pretrained(teacher)
-    config = tiny_sweep_config(teacher, tmp_path / "out", use_cpu=True, **overrides)
+    output_dir = overrides.pop("output_dir", tmp_path / "out")
+    config = tiny_sweep_config(teacher, output_dir, use_cpu=True, **overrides)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
