@@ -42,8 +42,9 @@ def _ours(k: int, config: SimulationConfig, seed: int):
 def _sklearn(k: int, config: SimulationConfig, seed: int):
     from sklearn.mixture import GaussianMixture
 
-    gm = GaussianMixture(k, covariance_type="diag", max_iter=config.max_iter, tol=config.tol, n_init=config.n_init,
-                         random_state=seed)  # fmt: skip
+    gm = GaussianMixture(
+        k, covariance_type="diag", max_iter=config.max_iter, tol=config.tol, n_init=config.n_init, random_state=seed
+    )
     return lambda x: gm.fit(x.numpy())
 
 
@@ -110,13 +111,31 @@ def headline(result: dict) -> list[dict]:
     """EM time of the study's fits vs scikit-learn (target: ratio <= 1) and the teachers' likelihood agreement."""
     r = result
     rows = [
-        row("gmm_em", f"EM time per {who} fit, GMMModel.fit vs sklearn GaussianMixture", r[f"{who}_ours_ms_per_fit"],
-            r[f"{who}_sklearn_ms_per_fit"], r[f"{who}_time_ratio"], "ratio <= 1", r[f"{who}_time_ratio"] <= 1, "ms")
+        row(
+            "gmm_em",
+            f"EM time per {who} fit, GMMModel.fit vs sklearn GaussianMixture",
+            r[f"{who}_ours_ms_per_fit"],
+            r[f"{who}_sklearn_ms_per_fit"],
+            r[f"{who}_time_ratio"],
+            "ratio <= 1",
+            r[f"{who}_time_ratio"] <= 1,
+            "ms",
+        )
         for who in ("teacher", "student")
-    ]  # fmt: skip
+    ]
     diff, se = r["teacher_final_ll_ours_minus_sklearn_mean"], r["teacher_final_ll_ours_minus_sklearn_se"]
-    rows.append(row("gmm_em", f"teacher final mean log-likelihood, ours - sklearn (se {se:.2g})", diff, None, None,
-                    "|mean| <= 3 se", abs(diff) <= 3 * se, "nats/point"))  # fmt: skip
+    rows.append(
+        row(
+            "gmm_em",
+            f"teacher final mean log-likelihood, ours - sklearn (se {se:.2g})",
+            diff,
+            None,
+            None,
+            "|mean| <= 3 se",
+            abs(diff) <= 3 * se,
+            "nats/point",
+        )
+    )
     return rows
 
 
@@ -128,11 +147,15 @@ def main():
     r = run(quick=args.quick, rounds=args.rounds)
     print(f"{r['num_seeds']} seeds, fits {r['fits']}, best of {r['rounds']}, one thread (machine shared)")
     for who in ("teacher", "student"):
-        print(f"{who:8s} ours {r[f'{who}_ours_ms_per_fit']:7.2f} ms  sklearn {r[f'{who}_sklearn_ms_per_fit']:7.2f} ms"
-              f"  ratio {r[f'{who}_time_ratio']:.2f}")  # fmt: skip
+        print(
+            f"{who:8s} ours {r[f'{who}_ours_ms_per_fit']:7.2f} ms  sklearn {r[f'{who}_sklearn_ms_per_fit']:7.2f} ms"
+            f"  ratio {r[f'{who}_time_ratio']:.2f}"
+        )
     print(f"all fits ratio {r['all_fits_time_ratio']:.2f}")
-    print(f"teacher final mean log-likelihood, ours - sklearn: {r['teacher_final_ll_ours_minus_sklearn_mean']:+.4f}"
-          f" +- {r['teacher_final_ll_ours_minus_sklearn_se']:.4f} (se over seeds)")  # fmt: skip
+    print(
+        f"teacher final mean log-likelihood, ours - sklearn: {r['teacher_final_ll_ours_minus_sklearn_mean']:+.4f}"
+        f" +- {r['teacher_final_ll_ours_minus_sklearn_se']:.4f} (se over seeds)"
+    )
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, "bench_gmm_em_quick.json" if args.quick else "bench_gmm_em.json")
     with open(path, "w") as f:

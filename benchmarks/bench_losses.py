@@ -138,11 +138,27 @@ def headline(result: dict) -> list[dict]:
     """Peak extra memory (target: chunked < 25 % of dense) and time, chunked vs dense."""
     d, c = result["dense"], result["chunked"]
     return [
-        row("losses", "peak extra memory, chunked vs dense (fwd+bwd)", c["peak_extra_mb"], d["peak_extra_mb"],
-            result["memory_ratio"], "ratio < 0.25", result["memory_ratio"] < 0.25, "MB"),
-        row("losses", "time, chunked vs dense (fwd+bwd)", c["seconds"], d["seconds"], result["time_ratio"], "none",
-            None, "s"),
-    ] + _target_entropy_rows(result["target_entropy"], c)  # fmt: skip
+        row(
+            "losses",
+            "peak extra memory, chunked vs dense (fwd+bwd)",
+            c["peak_extra_mb"],
+            d["peak_extra_mb"],
+            result["memory_ratio"],
+            "ratio < 0.25",
+            result["memory_ratio"] < 0.25,
+            "MB",
+        ),
+        row(
+            "losses",
+            "time, chunked vs dense (fwd+bwd)",
+            c["seconds"],
+            d["seconds"],
+            result["time_ratio"],
+            "none",
+            None,
+            "s",
+        ),
+    ] + _target_entropy_rows(result["target_entropy"], c)
 
 
 def _target_entropy_rows(te: dict, c: dict) -> list[dict]:
@@ -151,11 +167,21 @@ def _target_entropy_rows(te: dict, c: dict) -> list[dict]:
         r = te[mode]
         ratio = r["memory_ratio_vs_fixed_chunked"]
         figure = f"peak extra memory, target_entropy {mode} vs fixed selectivity (chunked)"
-        rows.append(row("losses", figure, r["peak_extra_mb"], c["peak_extra_mb"], ratio, "ratio <= 1.5", ratio <= 1.5,
-                        "MB"))  # fmt: skip
+        rows.append(
+            row("losses", figure, r["peak_extra_mb"], c["peak_extra_mb"], ratio, "ratio <= 1.5", ratio <= 1.5, "MB")
+        )
     diff = max(te["per_batch"]["beta_abs_diff"], te["per_token"]["beta_max_abs_diff"])
-    rows.append(row("losses", "solved beta vs float64 dense bisection (max abs diff)", diff, None, None, "<= 1e-4",
-                    diff <= 1e-4))  # fmt: skip
+    rows.append(
+        row(
+            "losses",
+            "solved beta vs float64 dense bisection (max abs diff)",
+            diff,
+            None,
+            None,
+            "<= 1e-4",
+            diff <= 1e-4,
+        )
+    )
     return rows
 
 
@@ -168,18 +194,24 @@ def main():
     for name in ("dense", "chunked"):
         r = result[name]
         print(f"{name:8s} {r['seconds']:7.2f} s   peak extra {r['peak_extra_mb']:8.1f} MB   loss {r['loss']:.6f}")
-    print(f"chunked/dense: time {result['time_ratio']:.2f}x, memory {result['memory_ratio']:.3f}x "
-          f"(target < 0.25), |loss diff| {result['abs_loss_diff']:.2e}")  # fmt: skip
+    print(
+        f"chunked/dense: time {result['time_ratio']:.2f}x, memory {result['memory_ratio']:.3f}x "
+        f"(target < 0.25), |loss diff| {result['abs_loss_diff']:.2e}"
+    )
     te = result["target_entropy"]
     for mode in ("per_batch", "per_token"):
         r = te[mode]
-        print(f"target_entropy {TARGET_ENTROPY} {mode:9s} {r['seconds']:7.2f} s   peak extra "
-              f"{r['peak_extra_mb']:8.1f} MB = {r['memory_ratio_vs_fixed_chunked']:.3f}x the fixed-selectivity "
-              "chunked loss (target <= 1.5)")  # fmt: skip
+        print(
+            f"target_entropy {TARGET_ENTROPY} {mode:9s} {r['seconds']:7.2f} s   peak extra "
+            f"{r['peak_extra_mb']:8.1f} MB = {r['memory_ratio_vs_fixed_chunked']:.3f}x the fixed-selectivity "
+            "chunked loss (target <= 1.5)"
+        )
     b, t = te["per_batch"], te["per_token"]
-    print(f"beta per batch {b['beta']:.8f} vs float64 dense {b['reference_beta']:.8f} "
-          f"(|diff| {b['beta_abs_diff']:.2e}); per token max |diff| {t['beta_max_abs_diff']:.2e} "
-          "(target <= 1e-4)")  # fmt: skip
+    print(
+        f"beta per batch {b['beta']:.8f} vs float64 dense {b['reference_beta']:.8f} "
+        f"(|diff| {b['beta_abs_diff']:.2e}); per token max |diff| {t['beta_max_abs_diff']:.2e} "
+        "(target <= 1e-4)"
+    )
     out = Path(args.output or Path(__file__).parent / "results" / "losses.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -137,13 +137,37 @@ def headline(result: dict) -> list[dict]:
     r = result
     mem_ratio = r["ours_peak_memory_mb"] / r["baseline_peak_memory_mb"]
     return [
-        row("scoring", "tokens/s, CausalLMAdapter vs evaluate perplexity", r["ours_tokens_per_s"],
-            r["baseline_tokens_per_s"], r["speedup"], "ratio >= 1.5", r["speedup"] >= 1.5, "tok/s"),
-        row("scoring", "max abs difference of log-likelihood per token", r["max_abs_diff_per_token"], None, None,
-            "<= 1e-4", r["max_abs_diff_per_token"] <= 1e-4, "nats"),
-        row("scoring", "peak memory above start", r["ours_peak_memory_mb"], r["baseline_peak_memory_mb"], mem_ratio,
-            "ratio < 1", mem_ratio < 1, "MB"),
-    ]  # fmt: skip
+        row(
+            "scoring",
+            "tokens/s, CausalLMAdapter vs evaluate perplexity",
+            r["ours_tokens_per_s"],
+            r["baseline_tokens_per_s"],
+            r["speedup"],
+            "ratio >= 1.5",
+            r["speedup"] >= 1.5,
+            "tok/s",
+        ),
+        row(
+            "scoring",
+            "max abs difference of log-likelihood per token",
+            r["max_abs_diff_per_token"],
+            None,
+            None,
+            "<= 1e-4",
+            r["max_abs_diff_per_token"] <= 1e-4,
+            "nats",
+        ),
+        row(
+            "scoring",
+            "peak memory above start",
+            r["ours_peak_memory_mb"],
+            r["baseline_peak_memory_mb"],
+            mem_ratio,
+            "ratio < 1",
+            mem_ratio < 1,
+            "MB",
+        ),
+    ]
 
 
 def main():

@@ -104,8 +104,10 @@ def main() -> None:
             f"SmolLM2-{name}: N = {n / 1e6:.1f}M non-embedding + {VOCAB * cfg['hidden'] / 1e6:.1f}M embedding (tied); "
             f"2N = {2 * n / 1e9:.3f} GFLOPs/token, head 2HV = {2 * cfg['hidden'] * VOCAB / 1e9:.3f} GFLOPs/token"
         )
-    print(f"\nstudent SmolLM2-{args.student}, prompt {args.prompt} + completion {args.completion} tokens; "
-          "GFLOPs per scored (completion) token:\n")  # fmt: skip
+    print(
+        f"\nstudent SmolLM2-{args.student}, prompt {args.prompt} + completion {args.completion} tokens; "
+        "GFLOPs per scored (completion) token:\n"
+    )
     print(table(args.prompt, args.completion, args.student))
 
 

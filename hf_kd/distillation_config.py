@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from .losses import LOSS_TYPES
 from .sharpening import check_selectivity
 from .topk import TAIL_MODES
 
-__all__ = ["COMPLETION_SOURCES", "DistillationConfig"]
+__all__ = ["COMPLETION_SOURCES", "DistillationConfig", "parse_completion_source"]
 
 COMPLETION_SOURCES = ("student", "teacher", "dataset")
 
@@ -22,8 +23,11 @@ def _cuda_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def _parse_source(source: str | dict) -> str | dict[str, float]:
-    """Validate `completion_source`; a dict (or its JSON string, from the CLI) is a mixture of sources."""
+def parse_completion_source(source: str | dict) -> str | dict[str, float]:
+    """Validate `completion_source`; a dict (or its JSON string, from the CLI) is a mixture of sources.
+
+    The one check of a completion source (the config's field, and the model card's record of it).
+    """
     if isinstance(source, str) and source.strip().startswith("{"):
         source = json.loads(source)
     if isinstance(source, str):
@@ -142,7 +146,7 @@ class DistillationConfig(trl.DistillationConfig):
         if self.dataloader_pin_memory is None:  # pinning without an accelerator only warns
             self.dataloader_pin_memory = torch.cuda.is_available()
         super().__post_init__()
-        self.completion_source = _parse_source(self.completion_source)
+        self.completion_source = parse_completion_source(self.completion_source)
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type={self.loss_type!r} is unknown; choose one of {LOSS_TYPES}.")
         check_selectivity(self.selectivity)
@@ -182,6 +186,18 @@ class DistillationConfig(trl.DistillationConfig):
                 "use_vllm=True generates with the student's weights only; with completion_source="
                 f"{self.completion_source!r} set use_vllm=False (the teacher samples through transformers' generate)."
             )
+
+    @classmethod
+    def from_trl(cls, args) -> DistillationConfig:
+        """`args` as an hf_kd config: a `trl.DistillationConfig` keeps its values, hf_kd's fields their defaults."""
+        if isinstance(args, cls):
+            return args
+        if isinstance(args, trl.DistillationConfig):
+            return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init})
+        raise ValueError(
+            f"args must be an hf_kd.DistillationConfig or a trl.DistillationConfig (got {type(args).__name__}); build "
+            "one with hf_kd.DistillationConfig(output_dir, ...)."
+        )
 
     def source_probabilities(self) -> dict[str, float]:
         """The completion sources as a dict of probabilities (a single source has probability 1)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 
 import torch
@@ -14,9 +13,9 @@ from .distillation_config import DistillationConfig
 from .lm_heads import head_weight_and_bias, logit_postprocessing
 from .losses import chunked_distillation_loss, default_chunk_size, logit_postprocess
 from .resume import EpochSeededRepeatSampler, last_complete_checkpoint
-from .sharpening import check_target_entropy, entropy_from_log_probs, solve_selectivity, token_entropy
+from .sharpening import check_target_entropy, chunk_slices, entropy_from_log_probs, solve_selectivity, token_entropy
 from .target_entropy import solve_head_selectivity
-from .topk import check_topk, chunked_topk_distillation_loss, topk_teacher_log_probs
+from .topk import check_topk, chunked_topk_distillation_loss, pad_topk_rows, topk_teacher_log_probs
 from .trainer_checks import (
     COMPLETION_COLUMN,
     COMPLETION_IDS_COLUMN,
@@ -32,20 +31,10 @@ __all__ = ["DistillationTrainer"]
 
 _TEACHER_STATS = ("teacher_entropy", "teacher_entropy_sharpened", "selectivity")
 # The multimodal inputs TRL's `_compute_loss` forwards to both backbones (VLMs); text-only batches have none.
-MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "spatial_shapes", "image_sizes",
-                   "token_type_ids", "mm_token_type_ids", "image_position_ids")  # fmt: skip
-
-
-def _as_hf_kd_config(args) -> DistillationConfig:
-    """`args` as an hf_kd config: a plain `trl.DistillationConfig` keeps its values, hf_kd's fields their defaults."""
-    if isinstance(args, DistillationConfig):
-        return args
-    if isinstance(args, trl.DistillationConfig):
-        return DistillationConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init})
-    raise ValueError(
-        f"args must be an hf_kd.DistillationConfig or a trl.DistillationConfig (got {type(args).__name__}); build "
-        "one with hf_kd.DistillationConfig(output_dir, ...)."
-    )
+MULTIMODAL_KEYS = (
+    *("pixel_values", "image_grid_thw", "pixel_attention_mask", "spatial_shapes", "image_sizes"),
+    *("token_type_ids", "mm_token_type_ids", "image_position_ids"),
+)
 
 
 def _vocab_size(model) -> int:
@@ -73,7 +62,7 @@ class DistillationTrainer(trl.DistillationTrainer):
     Such a dataset's prompts must tokenise as they did at generation (plain text, not a chat template).
 
     Logged metrics (besides TRL's): `teacher_entropy` and `teacher_entropy_sharpened` (nats per completion token,
-    before/after sharpening), `selectivity` (mean beta used), `entropy` (the student's), `completions/from_<source>`.
+    before/after sharpening), `selectivity` (its mean), `entropy` (the student's), `completions/from_<source>`.
 
     LoRA: pass `peft_config` (target attention/MLP modules, not `lm_head`); `trainer.save_model()` writes the adapter,
     and `trainer.model.merge_and_unload().save_pretrained(path)` writes a merged student.
@@ -114,7 +103,7 @@ class DistillationTrainer(trl.DistillationTrainer):
         if args is None:
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
             args = DistillationConfig(f"{str(name).rstrip('/').split('/')[-1] or 'model'}-hf_kd")
-        args = _as_hf_kd_config(args)
+        args = DistillationConfig.from_trl(args)
         sources = args.source_probabilities()
         use_topk = sources.get("dataset", 0) > 0 and args.loss_type != "nll" and has_topk(train_dataset, eval_dataset)
         check_sources(args, sources, use_topk, teacher_model, tools, train_dataset, eval_dataset)
@@ -160,6 +149,7 @@ class DistillationTrainer(trl.DistillationTrainer):
             )
         if args.target_entropy is not None:
             check_target_entropy(args.target_entropy, vocab)
+        self.vocab_size = vocab  # the student's lm_head rows, shared with the teacher (checked above)
         self.source_probabilities = sources
         self.use_topk = use_topk
         self._source = "student"
@@ -175,10 +165,8 @@ class DistillationTrainer(trl.DistillationTrainer):
     def _get_train_sampler(self, dataset=None):
         # TRL's sampler, with each epoch's shuffle drawn from (seed, epoch): a resume in any epoch sees that epoch.
         s = super()._get_train_sampler(dataset)
-        return EpochSeededRepeatSampler(
-            data_source=s.data_source, mini_repeat_count=s.mini_repeat_count, batch_size=s.batch_size,
-            repeat_count=s.repeat_count, shuffle=s.shuffle, seed=s.seed,
-        )  # fmt: skip
+        keys = ("data_source", "mini_repeat_count", "batch_size", "repeat_count", "shuffle", "seed")
+        return EpochSeededRepeatSampler(**{k: getattr(s, k) for k in keys})
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """`transformers.Trainer.train`; `resume_from_checkpoint=True` takes the newest *complete* checkpoint, skipping
@@ -247,16 +235,9 @@ class DistillationTrainer(trl.DistillationTrainer):
             name = (
                 f"sample_id {x['sample_id']}" if "sample_id" in x else f"the row with prompt {str(x['prompt'])[:60]!r}"
             )
-            check_topk(*rows[-1], self.model.config.get_text_config().vocab_size, f"dataset {name}")
-        k = rows[0][0].shape[-1]
-        out_ids = torch.zeros(len(rows), width, k, dtype=torch.long)
-        out_lp = torch.zeros(len(rows), width, k, dtype=torch.float32)
-        for i, (top_ids, top_lp) in enumerate(rows):
-            n = min(width, top_ids.shape[0])
-            if top_ids.shape[-1] != k:
-                raise ValueError(f"rows store different top-k sizes ({top_ids.shape[-1]} and {k}); use one K.")
-            out_ids[i, :n], out_lp[i, :n] = top_ids[:n], top_lp[:n]
-        return {TOPK_COLUMNS[0]: out_ids.to(device), TOPK_COLUMNS[1]: out_lp.to(device)}
+            check_topk(*rows[-1], self.vocab_size, f"dataset {name}")
+        top_ids, top_lp = pad_topk_rows(rows, width)
+        return {TOPK_COLUMNS[0]: top_ids.to(device), TOPK_COLUMNS[1]: top_lp.to(device)}
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
         if self._source == "dataset":
@@ -334,8 +315,8 @@ class DistillationTrainer(trl.DistillationTrainer):
             num_items_in_batch=num_items_in_batch,
             student_bias=b_s,
             chunk_size=args.loss_chunk_size,
-            student_logit_scale=post_s["scale"],
-            student_final_logit_softcapping=post_s["softcap"],
+            student_logit_scale=post_s.scale,
+            student_final_logit_softcapping=post_s.softcap,
         )
         stats = {}  # summed entropies, filled by the loss from the log-probs it computes anyway
         if args.loss_type == "nll":
@@ -343,11 +324,18 @@ class DistillationTrainer(trl.DistillationTrainer):
             loss = chunked_distillation_loss(h_s, w_s, loss_type="nll", labels=labels, stats=stats, **common)
         elif TOPK_COLUMNS[0] in inputs:  # the dataset's stored teacher top-k replaces the live teacher
             top_ids, top_lp = (inputs[c].to(device)[valid] for c in TOPK_COLUMNS)
-            beta = self._topk_selectivity(top_lp)
+            selectivity = self._topk_selectivity(top_lp)
             loss = chunked_topk_distillation_loss(
-                h_s, w_s, top_ids, top_lp, loss_type=args.loss_type, tail=args.topk_tail, selectivity=beta, **common
+                h_s,
+                w_s,
+                top_ids,
+                top_lp,
+                loss_type=args.loss_type,
+                tail=args.topk_tail,
+                selectivity=selectivity,
+                **common,
             )
-            self._stash_topk_stats(top_lp, beta)
+            self._stash_topk_stats(top_lp, selectivity)
             return loss, self._student_entropy_sum(h_s.detach(), w_s, b_s, post_s), valid.sum()
         else:
             unwrapped_teacher = self.accelerator.unwrap_model(self.teacher_model)
@@ -372,18 +360,18 @@ class DistillationTrainer(trl.DistillationTrainer):
             h_t = h_t.to(device)[valid]
             w_t, b_t = head_weight_and_bias(teacher_head, h_t.dtype)
             post_t = logit_postprocessing(unwrapped_teacher)
-            beta = self._selectivity_for(h_t, w_t, b_t, post_t)
+            selectivity = self._selectivity_for(h_t, w_t, b_t, post_t)
             loss = chunked_distillation_loss(
                 h_s,
                 w_s,
                 h_t,
                 w_t,
                 loss_type=args.loss_type,
-                selectivity=beta,
+                selectivity=selectivity,
                 teacher_bias=b_t,
                 stats=stats,
-                teacher_logit_scale=post_t["scale"],
-                teacher_final_logit_softcapping=post_t["softcap"],
+                teacher_logit_scale=post_t.scale,
+                teacher_final_logit_softcapping=post_t.softcap,
                 **common,
             )
             self._pending_stats = torch.stack(
@@ -391,19 +379,17 @@ class DistillationTrainer(trl.DistillationTrainer):
             )
         return loss, stats.get("student_entropy", h_s.new_zeros(())).float(), valid.sum()
 
-    def _chunks(self, n: int, cap: int | None = None):
-        size = self.args.loss_chunk_size
-        if size is None:  # the automatic size of hf_kd.losses
-            size = default_chunk_size(self.model.config.get_text_config().vocab_size)
-        size = min(size, cap or n or 1)
-        return [slice(i, i + size) for i in range(0, n, size)]
+    def _chunk_slices(self, n: int, cap: int | None = None) -> list[slice]:
+        """Slices of `n` tokens: `args.loss_chunk_size` (or the losses' automatic size), at most `cap` per chunk."""
+        size = self.args.loss_chunk_size or default_chunk_size(self.vocab_size)
+        return chunk_slices(n, min(size, cap or n or 1))
 
     @torch.no_grad()
     def _student_entropy_sum(self, h_s, weight, bias, post) -> torch.Tensor:
         """Sum of the student's token entropy (the top-k path, whose loss does not report it), in small chunks."""
         total = h_s.new_zeros((), dtype=torch.float32)
-        for sl in self._chunks(h_s.shape[0], cap=64):
-            logits = logit_postprocess(torch.nn.functional.linear(h_s[sl], weight, bias), *post.values())
+        for sl in self._chunk_slices(h_s.shape[0], cap=64):
+            logits = logit_postprocess(torch.nn.functional.linear(h_s[sl], weight, bias), *post)
             total += token_entropy(logits.float() / self.temperature).sum()
         return total
 
@@ -415,18 +401,19 @@ class DistillationTrainer(trl.DistillationTrainer):
         if args.target_entropy is None or top_lp.shape[0] == 0:
             return args.selectivity
         z = top_lp.float() / self.temperature
-        beta = solve_selectivity(z, args.target_entropy, per_token=args.per_token_selectivity)
-        return beta if args.per_token_selectivity else beta.item()
+        selectivity = solve_selectivity(z, args.target_entropy, per_token=args.per_token_selectivity)
+        return selectivity if args.per_token_selectivity else selectivity.item()
 
     @torch.no_grad()
-    def _stash_topk_stats(self, top_lp, beta) -> None:
+    def _stash_topk_stats(self, top_lp, selectivity) -> None:
         """Teacher entropy metrics over the stored outcomes (top-k, plus the tail bucket with ``bucket``)."""
         n = top_lp.shape[0]
-        b = beta.float() if isinstance(beta, torch.Tensor) else torch.full((n,), float(beta), device=top_lp.device)
+        per_token = isinstance(selectivity, torch.Tensor)
+        b = selectivity.float() if per_token else torch.full((n,), float(selectivity), device=top_lp.device)
         sums = torch.zeros(3, device=top_lp.device)
         # At the temperature; `bucket` cannot temper, and runs only where selectivity / temperature = 1.
         unsharpened = 1 / self.temperature if self.args.topk_tail == "renormalize" else 1.0
-        for sl in self._chunks(n, cap=4096):
+        for sl in self._chunk_slices(n, cap=4096):
             entropies = []
             for sharpen in (False, True):
                 scale = b[sl] / self.temperature if sharpen else unsharpened
@@ -437,16 +424,16 @@ class DistillationTrainer(trl.DistillationTrainer):
 
     @torch.no_grad()
     def _selectivity_for(self, h_t, weight, bias, post) -> float | torch.Tensor:
-        """The teacher's beta: `args.selectivity`, or solved for `args.target_entropy` (scalar or `(N,)`) on the
-        teacher's logits at the temperature (``softmax(beta * z / T)`` is the teacher the loss uses)."""
+        """The teacher's selectivity: `args.selectivity`, or solved for `args.target_entropy` (scalar or `(N,)`) on the
+        teacher's logits at the temperature (``softmax(selectivity * z / T)`` is the teacher the loss uses)."""
         args = self.args
         if args.target_entropy is None:
             return args.selectivity
         if h_t.shape[0] == 0:
             return 1.0
 
-        def at_temperature(z):  # the teacher the loss uses is softmax(beta * post(z) / T)
-            return logit_postprocess(z, *post.values()).float() / self.temperature
+        def at_temperature(z):  # the teacher the loss uses is softmax(selectivity * post(z) / T)
+            return logit_postprocess(z, *post).float() / self.temperature
 
         return solve_head_selectivity(
             h_t, weight, bias, args.target_entropy, args.per_token_selectivity, args.loss_chunk_size, at_temperature

@@ -65,9 +65,7 @@ def weights_sha256(path: str | os.PathLike) -> str | None:
 
 def tokenizer_signature(tokenizer) -> str:
     """SHA-256 of what decides a tokenizer's ids: its vocabulary, special-token ids and chat template."""
-    specials = {
-        name: getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad", "unk")
-    }  # fmt: skip
+    specials = {name: getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad", "unk")}
     payload = {
         "vocab": sorted(tokenizer.get_vocab().items()),
         "special_ids": specials,
@@ -130,6 +128,7 @@ def fingerprint_changes(old: dict | None, new: dict) -> list[str]:
         before, after = old.get(key), new.get(key)
         if before != after:
             short = key.endswith("sha256")
-            changes.append(f"{word} ({before[:12] if short and before else before} -> "
-                           f"{after[:12] if short and after else after})")  # fmt: skip
+            changes.append(
+                f"{word} ({before[:12] if short and before else before} -> {after[:12] if short and after else after})"
+            )
     return changes

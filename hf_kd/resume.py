@@ -12,8 +12,14 @@ from trl.trainer.utils import RepeatSampler
 __all__ = ["EpochSeededRepeatSampler", "is_complete_checkpoint", "last_complete_checkpoint"]
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
-            "pytorch_model.bin.index.json", "adapter_model.bin")  # fmt: skip
+_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "adapter_model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.bin",
+)
 
 
 class EpochSeededRepeatSampler(RepeatSampler):

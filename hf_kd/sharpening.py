@@ -94,16 +94,16 @@ def sharpen_logits(logits: torch.Tensor, selectivity: float | torch.Tensor = 1.0
     """
     check_selectivity(selectivity)
     check_logits(logits)
-    beta = torch.as_tensor(selectivity, dtype=logits.dtype, device=logits.device)
-    if torch.isinf(beta).any():
+    selectivity = torch.as_tensor(selectivity, dtype=logits.dtype, device=logits.device)
+    if torch.isinf(selectivity).any():
         is_max = logits == logits.amax(dim=-1, keepdim=True)
         argmax = torch.where(is_max, 0.0, float("-inf")).to(logits.dtype)
         argmax = argmax - torch.log(is_max.sum(dim=-1, keepdim=True).to(logits.dtype))
-        if beta.dim() == 0:
+        if selectivity.dim() == 0:
             return argmax
-        finite = torch.where(torch.isinf(beta), torch.ones_like(beta), beta)
-        return torch.where(torch.isinf(beta), argmax, torch.log_softmax(finite * logits, dim=-1))
-    return torch.log_softmax(beta * logits, dim=-1)
+        finite = torch.where(torch.isinf(selectivity), torch.ones_like(selectivity), selectivity)
+        return torch.where(torch.isinf(selectivity), argmax, torch.log_softmax(finite * logits, dim=-1))
+    return torch.log_softmax(selectivity * logits, dim=-1)
 
 
 def sharpen_weights(weights: torch.Tensor, selectivity: float = 1.0, log_space: bool = False) -> torch.Tensor:
@@ -191,15 +191,15 @@ def _centered(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _entropy_and_slope(y: torch.Tensor, selectivity: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    beta = torch.as_tensor(selectivity, dtype=torch.float64, device=y.device)
-    e = torch.mul(y, beta.unsqueeze(-1) if beta.dim() else beta).exp_()
+    selectivity = torch.as_tensor(selectivity, dtype=torch.float64, device=y.device)
+    e = torch.mul(y, selectivity.unsqueeze(-1) if selectivity.dim() else selectivity).exp_()
     norm = e.sum(-1)
     mean = e.mul_(y).sum(-1) / norm
     second = e.mul_(y).sum(-1) / norm
-    return norm.log() - beta * mean, -(beta**2) * (second - mean**2).clamp_min(0)
+    return norm.log() - selectivity * mean, -(selectivity**2) * (second - mean**2).clamp_min(0)
 
 
-def _solve_log_beta(stats, target: float, lo: torch.Tensor, hi: torch.Tensor, tol: float, max_iter: int):
+def _solve_log_selectivity(stats, target: float, lo: torch.Tensor, hi: torch.Tensor, tol: float, max_iter: int):
     """Safeguarded Newton on ``u = log(beta)`` for ``H(u) = target``, H non-increasing (one root per entry).
 
     `stats(u)` returns ``(H, dH/du)`` with the shape of `u`. Starts at beta = 1 (so the teacher's own entropy returns
@@ -253,6 +253,11 @@ LOGITS_PER_CHUNK = 2**22
 def default_chunk_size(vocab_size: int) -> int:
     """Tokens per chunk so that a chunk holds about `LOGITS_PER_CHUNK` logits (16 MB in float32)."""
     return max(1, LOGITS_PER_CHUNK // vocab_size)
+
+
+def chunk_slices(n: int, chunk_size: int) -> list[slice]:
+    """Slices ``[0, chunk_size), [chunk_size, 2 * chunk_size), ...`` covering ``range(n)`` (none when n = 0)."""
+    return [slice(start, start + chunk_size) for start in range(0, n, chunk_size)]
 
 
 def check_target_entropy(target_entropy: float, vocab: int) -> None:
@@ -312,7 +317,7 @@ def solve_mean_selectivity(
 
     lo = torch.tensor([math.log(min_selectivity)], dtype=torch.float64)
     hi = torch.tensor([math.log(max_selectivity)], dtype=torch.float64)
-    u, err, h_lo, h_hi = _solve_log_beta(stats, target_entropy, lo, hi, tol, max_iter)
+    u, err, h_lo, h_hi = _solve_log_selectivity(stats, target_entropy, lo, hi, tol, max_iter)
     if err.abs().item() > tol:
         h_lo = h_lo if not torch.isnan(h_lo).any() else stats(lo)[0]
         h_hi = h_hi if not torch.isnan(h_hi).any() else stats(hi)[0]
@@ -367,17 +372,17 @@ def solve_selectivity(
     step = chunk_size or default_chunk_size(vocab)
     bounds = (min_selectivity, max_selectivity)
     if not per_token:
-        beta = solve_mean_selectivity(
-            lambda: (rows[i : i + step] for i in range(0, rows.shape[0], step)), target_entropy, tol, max_iter, *bounds
+        selectivity = solve_mean_selectivity(
+            lambda: (rows[sl] for sl in chunk_slices(rows.shape[0], step)), target_entropy, tol, max_iter, *bounds
         )
-        return torch.tensor(beta, dtype=logits.dtype, device=logits.device)
+        return torch.tensor(selectivity, dtype=logits.dtype, device=logits.device)
     parts = []
-    for i in range(0, rows.shape[0], step):
-        chunk = rows[i : i + step]
+    for sl in chunk_slices(rows.shape[0], step):
+        chunk = rows[sl]
         lo = torch.full((chunk.shape[0],), math.log(min_selectivity), dtype=torch.float64, device=chunk.device)
         hi = torch.full_like(lo, math.log(max_selectivity))
         y = _centered(chunk)  # once per chunk, reused by every Newton step
-        u, err, h_lo, h_hi = _solve_log_beta(
+        u, err, h_lo, h_hi = _solve_log_selectivity(
             lambda u, y=y: _entropy_and_slope(y, u.exp()), target_entropy, lo, hi, tol, max_iter
         )
         if (err.abs() > tol).any():

@@ -87,8 +87,10 @@ class SimulationResults:
             wins = row["seeds_more_precise_less_recall"]
             cells = [name]
             for side in ("precision", "recall"):
-                cells += [f"{row[side]:.2f} [{row[side + '_low']:.2f}, {row[side + '_high']:.2f}]",
-                          f"{row[side + '_median']:.2f}"]  # fmt: skip
+                cells += [
+                    f"{row[side]:.2f} [{row[side + '_low']:.2f}, {row[side + '_high']:.2f}]",
+                    f"{row[side + '_median']:.2f}",
+                ]
             cells.append("" if wins is None else f"{wins}/{self.config.num_seeds}")
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
@@ -174,9 +176,9 @@ def _run_seed(config: SimulationConfig, p_star: GMMModel, seed: int) -> tuple[li
     baseline = _fit(train, config.student_components, config.student_covariance_type, config, seed)
     student_seed = seed + STUDENT_STREAM
     scores, students = [_scores(baseline, p_star, truth_eval, student_seed)], []
-    for beta in config.selectivities:
+    for selectivity in config.selectivities:
         teacher_gen = torch.Generator().manual_seed(seed + TEACHER_STREAM)
-        distill_set = teacher.sample(config.num_teacher_samples, selectivity=beta, generator=teacher_gen)
+        distill_set = teacher.sample(config.num_teacher_samples, selectivity=selectivity, generator=teacher_gen)
         students.append(_fit(distill_set, config.student_components, config.student_covariance_type, config, seed))
         scores.append(_scores(students[-1], p_star, truth_eval, student_seed))
     return scores, dict(p_star=p_star, train=train, teacher=teacher, baseline=baseline, students=students)
@@ -193,10 +195,10 @@ def _summary_rows(results: SimulationResults) -> list[dict]:
         return {k: values[k] for k in COLUMNS}
 
     rows = [row("direct", results.baseline_precision, results.baseline_recall, None)]
-    for j, beta in enumerate(config.selectivities):
+    for j, selectivity in enumerate(config.selectivities):
         more_precise = results.precision[:, j] > results.baseline_precision
         better = more_precise & (results.recall[:, j] < results.baseline_recall)
-        label = "inf" if math.isinf(beta) else f"{beta:g}"
+        label = "inf" if math.isinf(selectivity) else f"{selectivity:g}"
         rows.append(row(label, results.precision[:, j], results.recall[:, j], int(better.sum())))
     return rows
 
@@ -224,8 +226,13 @@ def save_results(results: SimulationResults, output_dir: str, stem: str = "gmm_s
     }
     c = results.config
     interval = f"mean over {c.num_seeds} seeds, {c.confidence:.0%} percentile bootstrap ({c.num_bootstrap} resamples)"
-    payload = {"config": config, "interval": interval, "summary": results.rows, "per_seed": per_seed,
-               "table": results.table()}  # fmt: skip
+    payload = {
+        "config": config,
+        "interval": interval,
+        "summary": results.rows,
+        "per_seed": per_seed,
+        "table": results.table(),
+    }
     with open(paths["json"], "w") as f:
         json.dump(payload, f, indent=2, allow_nan=False)
     with open(paths["csv"], "w", newline="") as f:
@@ -306,14 +313,38 @@ def _bar(row: dict, side: str) -> list[list[float]]:
 
 def _draw_frontier(ax, rows: list[dict], colors, labels: list[str]) -> None:
     for row, color, label in zip(rows[1:], colors, labels):
-        ax.errorbar(row["recall"], row["precision"], xerr=_bar(row, "recall"), yerr=_bar(row, "precision"), fmt="o",
-                    color=color, capsize=3, label=f"distilled, beta = {label}")  # fmt: skip
-        ax.annotate(f"β={label}", (row["recall"], row["precision"]), textcoords="offset points", xytext=(6, 4),
-                    fontsize=7, color=color, clip_on=True)  # fmt: skip
+        ax.errorbar(
+            row["recall"],
+            row["precision"],
+            xerr=_bar(row, "recall"),
+            yerr=_bar(row, "precision"),
+            fmt="o",
+            color=color,
+            capsize=3,
+            label=f"distilled, beta = {label}",
+        )
+        ax.annotate(
+            f"β={label}",
+            (row["recall"], row["precision"]),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=7,
+            color=color,
+            clip_on=True,
+        )
     ax.plot([r["recall"] for r in rows[1:]], [r["precision"] for r in rows[1:]], color="0.6", zorder=0)
     base = rows[0]
-    ax.errorbar(base["recall"], base["precision"], xerr=_bar(base, "recall"), yerr=_bar(base, "precision"), fmt="*",
-                color="crimson", markersize=12, capsize=3, label="direct, p''(D)")  # fmt: skip
+    ax.errorbar(
+        base["recall"],
+        base["precision"],
+        xerr=_bar(base, "recall"),
+        yerr=_bar(base, "precision"),
+        fmt="*",
+        color="crimson",
+        markersize=12,
+        capsize=3,
+        label="direct, p''(D)",
+    )
     ax.grid(alpha=0.3)
 
 

@@ -21,18 +21,19 @@ student's hidden states and lm_head, and never holds more than one chunk of stud
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .losses import LOSS_TYPES, _reduce, default_chunk_size, logit_postprocess, token_divergence
-from .sharpening import check_selectivity
+from .divergences import LOSS_TYPES, LossSpec, token_divergence
+from .lm_heads import LogitPostprocessing, logit_postprocess
+from .losses import _checked_chunk_size, _reduce
+from .sharpening import check_selectivity, chunk_slices
 
 __all__ = [
     "TAIL_MODES",
     "check_topk",
     "chunked_topk_distillation_loss",
+    "pad_topk_rows",
     "topk_distillation_loss",
     "topk_teacher_log_probs",
 ]
@@ -82,6 +83,28 @@ def check_topk(
         raise fail("ids repeat an id at one position", duplicate)
 
 
+def pad_topk_rows(rows: list[tuple[torch.Tensor, torch.Tensor]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack per-sequence stored top-k rows into batch tensors aligned with `width` completion positions.
+
+    Args:
+        rows (`list` of `(ids, logprobs)`, each of shape `(L_i, K)`): one sequence's top-k per completion token.
+        width (`int`): the batch's completion length; longer rows are cut, shorter ones padded with zeros (masked
+            positions).
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: ids (long) and log-probs (float32), each of shape `(B, width, K)`.
+    """
+    k = rows[0][0].shape[-1]
+    out_ids = torch.zeros(len(rows), width, k, dtype=torch.long)
+    out_lp = torch.zeros(len(rows), width, k, dtype=torch.float32)
+    for i, (top_ids, top_lp) in enumerate(rows):
+        n = min(width, top_ids.shape[0])
+        if top_ids.shape[-1] != k:
+            raise ValueError(f"rows store different top-k sizes ({top_ids.shape[-1]} and {k}); use one K.")
+        out_ids[i, :n], out_lp[i, :n] = top_ids[:n], top_lp[:n]
+    return out_ids, out_lp
+
+
 def topk_teacher_log_probs(
     topk_logprobs: torch.Tensor, tail: str = "bucket", selectivity: float | torch.Tensor = 1.0
 ) -> torch.Tensor:
@@ -99,8 +122,8 @@ def topk_teacher_log_probs(
     """
     log_p = topk_logprobs.to(torch.promote_types(topk_logprobs.dtype, torch.float32))
     if tail == "renormalize":
-        beta = torch.as_tensor(selectivity, dtype=log_p.dtype, device=log_p.device)
-        return torch.log_softmax(log_p * (beta.unsqueeze(-1) if beta.dim() > 0 else beta), dim=-1)
+        selectivity = torch.as_tensor(selectivity, dtype=log_p.dtype, device=log_p.device)
+        return torch.log_softmax(log_p * (selectivity.unsqueeze(-1) if selectivity.dim() > 0 else selectivity), dim=-1)
     # Stored float32 top-k masses may sum to slightly more than 1: clamp the tail at 0.
     tail_mass = (-torch.expm1(torch.logsumexp(log_p, dim=-1, keepdim=True))).clamp_min(0)
     return torch.cat([log_p, torch.log(tail_mass)], dim=-1)
@@ -160,25 +183,25 @@ def topk_distillation_loss(
             f"shapes disagree: student_logits {tuple(student_logits.shape)}, topk_ids {tuple(topk_ids.shape)}, "
             f"topk_logprobs {tuple(topk_logprobs.shape)}; expected (..., V), (..., K), (..., K)."
         )
-    teacher_scale = _checked_teacher_scale(
-        student_logits.shape[-1], topk_ids, topk_logprobs, loss_type, tail, selectivity, temperature
-    )
-    return _topk_loss(
-        student_logits, topk_ids, topk_logprobs, teacher_scale, loss_type, tail, temperature, jsd_beta, skew_alpha,
-        mask, num_items_in_batch,
-    )  # fmt: skip
+    spec = _checked_spec(loss_type, tail, temperature, jsd_beta, skew_alpha)
+    scale = _checked_teacher_scale(student_logits.shape[-1], topk_ids, topk_logprobs, spec, tail, selectivity)
+    return _topk_loss(student_logits, topk_ids, topk_logprobs, scale, spec, tail, mask, num_items_in_batch)
 
 
-def _checked_teacher_scale(vocab_size, topk_ids, topk_logprobs, loss_type, tail, selectivity, temperature):
-    """Validate the stored top-k and the knobs once; return the teacher's logit scale ``selectivity / temperature``."""
+def _checked_spec(loss_type: str, tail: str, temperature: float, jsd_beta: float, skew_alpha: float) -> LossSpec:
+    """The loss settings, refusing nll (the top-k is a teacher distribution, not labels) and unknown tails."""
     if loss_type == "nll" or loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type={loss_type!r} is not a divergence; choose one of {LOSS_TYPES[1:]}.")
     if tail not in TAIL_MODES:
         raise ValueError(f"tail={tail!r} is unknown; choose 'bucket' (tail mass as one outcome) or 'renormalize'.")
+    return LossSpec(loss_type, temperature, jsd_beta, skew_alpha)
+
+
+def _checked_teacher_scale(vocab_size, topk_ids, topk_logprobs, spec: LossSpec, tail: str, selectivity):
+    """Validate the stored top-k and the selectivity once; return the teacher's logit scale
+    ``selectivity / temperature``."""
     check_selectivity(selectivity, allow_inf=False)
-    if not temperature > 0 or not math.isfinite(temperature):
-        raise ValueError(f"temperature must be a positive number (got {temperature}).")
-    teacher_scale = selectivity / temperature
+    teacher_scale = selectivity / spec.temperature
     if tail == "bucket" and not bool((torch.as_tensor(teacher_scale) == 1).all()):
         raise ValueError(
             "tail='bucket' cannot sharpen or temper the teacher (the tail's inner shape is unknown); use "
@@ -190,26 +213,25 @@ def _checked_teacher_scale(vocab_size, topk_ids, topk_logprobs, loss_type, tail,
     return teacher_scale
 
 
-def _topk_loss(student_logits, topk_ids, topk_logprobs, teacher_scale, loss_type, tail, temperature, jsd_beta,
-               skew_alpha, mask, num_items_in_batch):  # fmt: skip
-    """`topk_distillation_loss` on inputs `_checked_teacher_scale` has validated."""
+def _topk_loss(student_logits, topk_ids, topk_logprobs, teacher_scale, spec: LossSpec, tail, mask, num_items_in_batch):
+    """`topk_distillation_loss` on inputs `_checked_spec` and `_checked_teacher_scale` have validated."""
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
-    log_q = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    log_q = torch.log_softmax(student_logits.to(dtype) / spec.temperature, dim=-1)
     ids = topk_ids.long().to(log_q.device)
     log_p = topk_teacher_log_probs(topk_logprobs.to(log_q.device, dtype), tail, teacher_scale).detach()
     student, empty = _student_log_probs(log_q, ids, tail)
     if empty is not None:  # an empty tail has no mass, whatever rounding left in 1 - sum(p_topk)
         log_p = torch.cat([log_p[..., :-1], log_p[..., -1:].masked_fill(empty, float("-inf"))], dim=-1)
-    per_token = token_divergence(student, log_p, loss_type, jsd_beta=jsd_beta, skew_alpha=skew_alpha)
+    per_token = token_divergence(student, log_p, spec.loss_type, jsd_beta=spec.jsd_beta, skew_alpha=spec.skew_alpha)
     mask = torch.ones_like(per_token, dtype=torch.bool) if mask is None else mask.bool().to(per_token.device)
     total = torch.where(mask, per_token, torch.zeros_like(per_token)).sum()
     return _reduce(total, mask.sum(), num_items_in_batch)
 
 
-def _chunk_sum(h, weight, bias, ids, logprobs, scale, kwargs, post):
+def _chunk_sum(h, weight, bias, ids, logprobs, scale, spec: LossSpec, tail: str, post: LogitPostprocessing):
     """Summed top-k loss of one chunk of hidden states (recomputed in backward by `checkpoint`); inputs checked."""
     logits = logit_postprocess(torch.nn.functional.linear(h, weight, bias), *post)
-    return _topk_loss(logits, ids, logprobs, scale, mask=None, num_items_in_batch=1, **kwargs)
+    return _topk_loss(logits, ids, logprobs, scale, spec, tail, mask=None, num_items_in_batch=1)
 
 
 def chunked_topk_distillation_loss(
@@ -256,23 +278,18 @@ def chunked_topk_distillation_loss(
             f"expected student_hidden (N, H) and topk_ids (N, K) with the same N; got {tuple(student_hidden.shape)} "
             f"and {tuple(topk_ids.shape)}."
         )
-    if chunk_size is None:
-        chunk_size = default_chunk_size(student_weight.shape[0])
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1 (got {chunk_size}).")
+    chunk_size = _checked_chunk_size(chunk_size, student_weight.shape[0])
+    spec = _checked_spec(loss_type, tail, temperature, jsd_beta, skew_alpha)
     # the stored top-k is checked once here, not again per chunk and in each chunk's recomputation
-    scale = _checked_teacher_scale(student_weight.shape[0], topk_ids, topk_logprobs, loss_type, tail, selectivity,
-                                   temperature)  # fmt: skip
-    kwargs = dict(loss_type=loss_type, tail=tail, temperature=temperature, jsd_beta=jsd_beta, skew_alpha=skew_alpha)
-    post = (student_logit_scale, student_final_logit_softcapping)
-    per_token_beta = isinstance(scale, torch.Tensor) and scale.dim() > 0
+    scale = _checked_teacher_scale(student_weight.shape[0], topk_ids, topk_logprobs, spec, tail, selectivity)
+    post = LogitPostprocessing(student_logit_scale, student_final_logit_softcapping)
+    per_token = isinstance(scale, torch.Tensor) and scale.dim() > 0
     n = student_hidden.shape[0]
     # 0 * sum keeps the result in the graph even with no scored token (backward then gives zero gradients).
     total = (student_hidden.sum() * 0).to(torch.promote_types(student_hidden.dtype, torch.float32))
-    for start in range(0, n, chunk_size):
-        sl = slice(start, start + chunk_size)
-        beta = scale[sl] if per_token_beta else scale
-        args = (student_hidden[sl], student_weight, student_bias, topk_ids[sl], topk_logprobs[sl], beta, kwargs, post)
+    for sl in chunk_slices(n, chunk_size):
+        chunk = (student_hidden[sl], student_weight, student_bias, topk_ids[sl], topk_logprobs[sl])
+        args = (*chunk, scale[sl] if per_token else scale, spec, tail, post)
         if torch.is_grad_enabled() and (student_hidden.requires_grad or student_weight.requires_grad):
             total = total + checkpoint(_chunk_sum, *args, use_reentrant=False)
         else:

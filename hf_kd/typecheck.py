@@ -56,8 +56,14 @@ def describe_type(tp) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(describe_type(a) for a in _args(tp))
-    names = {type(None): "null", bool: "true/false", int: "an integer", float: "a number", str: "a string",
-             Any: "any value"}  # fmt: skip
+    names = {
+        type(None): "null",
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        Any: "any value",
+    }
     if tp in names:
         return names[tp]
     plural = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}

@@ -39,10 +39,25 @@ def test_evaluate_matches_the_python_api(tokenizer, tmp_path, capsys):
         make_llama(len(tokenizer), seed=seed).save_pretrained(tmp_path / name)
         tokenizer.save_pretrained(tmp_path / name)
     out = tmp_path / "scores.json"
-    main([
-        "evaluate", "--student", str(tmp_path / "student"), "--reference", str(tmp_path / "reference"),
-        "--num-samples", "6", "--max-new-tokens", "4", "--prompt", "the", "--device", "cpu", "--output", str(out),
-    ])  # fmt: skip
+    main(
+        [
+            "evaluate",
+            "--student",
+            str(tmp_path / "student"),
+            "--reference",
+            str(tmp_path / "reference"),
+            "--num-samples",
+            "6",
+            "--max-new-tokens",
+            "4",
+            "--prompt",
+            "the",
+            "--device",
+            "cpu",
+            "--output",
+            str(out),
+        ]
+    )
     row = json.loads(out.read_text())["rows"][0]
     assert f"{row['precision']:.4f}" in capsys.readouterr().out
 
@@ -56,9 +71,14 @@ def test_evaluate_matches_the_python_api(tokenizer, tmp_path, capsys):
     reference = adapter("reference")
     ref_samples = reference.sample(6, generator=torch.Generator().manual_seed(1), prompt="the", max_new_tokens=4)
     expected = precision_recall(
-        adapter("student"), reference, num_samples=6, reference_samples=ref_samples, prompt="the",
-        sample_kwargs={"max_new_tokens": 4}, seed=0,
-    )  # fmt: skip
+        adapter("student"),
+        reference,
+        num_samples=6,
+        reference_samples=ref_samples,
+        prompt="the",
+        sample_kwargs={"max_new_tokens": 4},
+        seed=0,
+    )
     assert row["precision"] == pytest.approx(expected["precision"], abs=1e-6)
     assert row["recall"] == pytest.approx(expected["recall"], abs=1e-6)
 

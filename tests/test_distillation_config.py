@@ -94,6 +94,6 @@ def test_parses_from_the_command_line(tmp_path):
             "forward_kl",
             "--report_to",
             "none",
-        ]  # fmt: skip
+        ]
     )
     assert (args.selectivity, args.completion_source, args.loss_type) == (2.0, {"teacher": 1.0}, "forward_kl")

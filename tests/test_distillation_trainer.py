@@ -182,8 +182,14 @@ def test_teacher_samples_follow_the_sharpened_teacher(tmp_path, selectivity, tem
 
     from hf_kd import distillation_trainer
 
-    trainer = make_trainer(tmp_path, loss_type="nll", completion_source="teacher", max_completion_length=1,
-                           selectivity=selectivity, temperature=temperature)  # fmt: skip
+    trainer = make_trainer(
+        tmp_path,
+        loss_type="nll",
+        completion_source="teacher",
+        max_completion_length=1,
+        selectivity=selectivity,
+        temperature=temperature,
+    )
     # a milder teacher, so that several first tokens are likely
     with torch.no_grad():
         trainer.teacher_model.lm_head.weight.mul_(0.1)

@@ -76,9 +76,19 @@ def brute_force_scores(model, prompt_ids, completion, selectivity, top_k=None, t
 def test_columns_match_independent_scorers(tmp_path, tokenizer, sharp_teacher, selectivity, top_k, top_p):
     prompts = ["the cat", "a dog ran", "red"]
     ds = generate_distillation_dataset(
-        sharp_teacher, tokenizer, str(tmp_path), 12, prompts=prompts, selectivity=selectivity, top_k=top_k,
-        top_p=top_p, max_new_tokens=7, batch_size=5, seed=3, progress=False,
-    )  # fmt: skip
+        sharp_teacher,
+        tokenizer,
+        str(tmp_path),
+        12,
+        prompts=prompts,
+        selectivity=selectivity,
+        top_k=top_k,
+        top_p=top_p,
+        max_new_tokens=7,
+        batch_size=5,
+        seed=3,
+        progress=False,
+    )
     assert ds["sample_id"] == list(range(12))
     assert ds["prompt"] == [prompts[i % 3] for i in range(12)]
     prompt_ids = [tokenizer(p)["input_ids"] for p in ds["prompt"]]
@@ -106,8 +116,16 @@ def test_columns_match_independent_scorers(tmp_path, tokenizer, sharp_teacher, s
 def test_first_token_follows_the_sharpened_law(tokenizer, sharp_teacher):
     """Chi-square of 4000 first tokens against softmax(beta * z) (the inverse-CDF draw with per-sample seeds)."""
     n, beta, prompt = 4000, 0.5, tokenizer("the cat")["input_ids"]
-    rows = sample_batch(sharp_teacher, [prompt] * n, list(range(n)), seed=1, max_new_tokens=1, eos_token_ids=[EOS],
-                        pad_token_id=0, selectivity=beta)  # fmt: skip
+    rows = sample_batch(
+        sharp_teacher,
+        [prompt] * n,
+        list(range(n)),
+        seed=1,
+        max_new_tokens=1,
+        eos_token_ids=[EOS],
+        pad_token_id=0,
+        selectivity=beta,
+    )
     counts = torch.bincount(torch.tensor([r["completion_ids"][0] for r in rows]), minlength=len(tokenizer)).double()
     with torch.no_grad():
         probs = torch.softmax(beta * sharp_teacher(torch.tensor([prompt])).logits[0, -1].double(), -1)
@@ -133,10 +151,19 @@ def test_a_sample_depends_on_seed_and_id_only(tokenizer, sharp_teacher):
 
 def test_greedy_matches_generate_and_has_zero_sampling_logprob(tokenizer, sharp_teacher):
     prompt = tokenizer("a dog")["input_ids"]
-    (row,) = sample_batch(sharp_teacher, [prompt], [0], seed=0, max_new_tokens=5, eos_token_ids=[EOS],
-                          pad_token_id=0, selectivity=math.inf)  # fmt: skip
-    ref = sharp_teacher.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=5, eos_token_id=EOS,
-                                 pad_token_id=0)[0, len(prompt) :].tolist()  # fmt: skip
+    (row,) = sample_batch(
+        sharp_teacher,
+        [prompt],
+        [0],
+        seed=0,
+        max_new_tokens=5,
+        eos_token_ids=[EOS],
+        pad_token_id=0,
+        selectivity=math.inf,
+    )
+    ref = sharp_teacher.generate(
+        torch.tensor([prompt]), do_sample=False, max_new_tokens=5, eos_token_id=EOS, pad_token_id=0
+    )[0, len(prompt) :].tolist()
     assert row["completion_ids"] == ref[: len(row["completion_ids"])]
     assert row["sampling_logprob"] == 0.0 and row["mean_selectivity"] == math.inf
 
@@ -181,17 +208,27 @@ def test_two_ranks_give_the_one_process_dataset(tmp_path):
     assert run.returncode == 0, run.stderr.decode()[-3000:]
     assert b"rank 0: 10 rows" in run.stdout and b"rank 1: 10 rows" in run.stdout
     tok = make_tokenizer()
-    one = generate_distillation_dataset(make_llama(len(tok), **TEACHER), tok, str(tmp_path / "one"), 10,
-                                        progress=False, **ARGS)  # fmt: skip
+    one = generate_distillation_dataset(
+        make_llama(len(tok), **TEACHER), tok, str(tmp_path / "one"), 10, progress=False, **ARGS
+    )
     two = datasets.load_dataset(str(tmp_path / "two"), split="train").sort("sample_id")
     assert_same_samples(two, one)
 
 
 def test_card_and_load_dataset(tmp_path, tokenizer, sharp_teacher):
     ds = generate_distillation_dataset(
-        sharp_teacher, tokenizer, str(tmp_path), 7, prompt="the", temperature=0.5, max_new_tokens=5, batch_size=4,
-        seed=9, progress=False, command="hf-kd generate x",
-    )  # fmt: skip
+        sharp_teacher,
+        tokenizer,
+        str(tmp_path),
+        7,
+        prompt="the",
+        temperature=0.5,
+        max_new_tokens=5,
+        batch_size=4,
+        seed=9,
+        progress=False,
+        command="hf-kd generate x",
+    )
     text = (tmp_path / "README.md").read_text()
     meta = yaml.safe_load(text.split("---")[1])
     info = meta["hf_kd"]
@@ -208,19 +245,49 @@ def test_cli_loads_a_teacher_by_path(tmp_path, tokenizer, sharp_teacher):
     sharp_teacher.save_pretrained(tmp_path / "teacher")
     tokenizer.save_pretrained(tmp_path / "teacher")
     (tmp_path / "prompts.txt").write_text("the cat\n\nred\n")
-    argv = [str(tmp_path / "teacher"), "--output-dir", str(tmp_path / "out"), "--num-samples", "4",
-            "--prompts-file", str(tmp_path / "prompts.txt"), "--selectivity", "3", "--max-new-tokens", "4",
-            "--store-topk", "2", "--no-progress"]  # fmt: skip
+    argv = [
+        str(tmp_path / "teacher"),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--num-samples",
+        "4",
+        "--prompts-file",
+        str(tmp_path / "prompts.txt"),
+        "--selectivity",
+        "3",
+        "--max-new-tokens",
+        "4",
+        "--store-topk",
+        "2",
+        "--no-progress",
+    ]
     ds = generate_from_args(*parse_command("generate", argv))
     assert ds["prompt"] == ["the cat", "red", "the cat", "red"]
     assert all(len(t) == n and all(len(k) == 2 for k in t) for t, n in zip(ds["topk_ids"], ds["num_tokens"]))
-    by_path = generate_distillation_dataset(tmp_path / "teacher", None, str(tmp_path / "by_path"), 4,
-                                            prompts=["the cat", "red"], selectivity=3.0, max_new_tokens=4,
-                                            store_topk=2, progress=False)  # fmt: skip
+    by_path = generate_distillation_dataset(
+        tmp_path / "teacher",
+        None,
+        str(tmp_path / "by_path"),
+        4,
+        prompts=["the cat", "red"],
+        selectivity=3.0,
+        max_new_tokens=4,
+        store_topk=2,
+        progress=False,
+    )
     assert by_path.to_dict() == ds.to_dict()  # a pathlib.Path teacher loads like its string
-    direct = generate_distillation_dataset(sharp_teacher, tokenizer, str(tmp_path / "direct"), 4,
-                                           prompts=["the cat", "red"], selectivity=3.0, max_new_tokens=4,
-                                           store_topk=2, batch_size=32, progress=False)  # fmt: skip
+    direct = generate_distillation_dataset(
+        sharp_teacher,
+        tokenizer,
+        str(tmp_path / "direct"),
+        4,
+        prompts=["the cat", "red"],
+        selectivity=3.0,
+        max_new_tokens=4,
+        store_topk=2,
+        batch_size=32,
+        progress=False,
+    )
     assert_same_samples(ds, direct)  # the reloaded teacher runs sdpa attention, the fixture eager: float rounding
     with pytest.raises(ValueError, match="not several"):  # selectivity and temperature are exclusive
         generate_from_args(*parse_command("generate", [*argv, "--temperature", "0.5"]))

@@ -88,8 +88,11 @@ def test_stray_shard_is_refused_not_mixed_in(tmp_path, tokenizer):
     # `datasets` keys a local folder's cache by its name and file patterns, so another test's "run" would read ours.)
     loaded = datasets.load_dataset(str(tmp_path / "run"), split="train", cache_dir=str(tmp_path / "hf_cache"))
     assert len(loaded) == 8
-    with pytest.raises(ValueError, match=r"1 parquet file\(s\) that are not shards of this run "
-                                         r"\(train-00000-of-00001.parquet\).*Remove them"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"1 parquet file\(s\) that are not shards of this run "
+        r"\(train-00000-of-00001.parquet\).*Remove them",
+    ):
         generate(teacher, tmp_path / "run", tokenizer)
     stray.unlink()
     assert len(generate(teacher, tmp_path / "run", tokenizer)) == 6

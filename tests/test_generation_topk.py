@@ -106,8 +106,17 @@ def assert_stored_topk_gives_the_live_teacher_kl(dataset, teacher, student, toke
 
 def test_generated_topk_with_full_vocab_gives_the_live_teacher_kl(tmp_path, tokenizer, teacher_model, student_model):
     vocab = len(tokenizer)
-    ds = generate_distillation_dataset(teacher_model, tokenizer, str(tmp_path), 6, prompts=["the cat", "a"],
-                                       max_new_tokens=5, batch_size=4, store_topk=vocab, progress=False)  # fmt: skip
+    ds = generate_distillation_dataset(
+        teacher_model,
+        tokenizer,
+        str(tmp_path),
+        6,
+        prompts=["the cat", "a"],
+        max_new_tokens=5,
+        batch_size=4,
+        store_topk=vocab,
+        progress=False,
+    )
     assert_stored_topk_gives_the_live_teacher_kl(ds, teacher_model, student_model, tokenizer)
 
 
@@ -115,16 +124,31 @@ def test_student_trains_on_a_generated_dataset(tmp_path, tokenizer, teacher_mode
     from hf_kd.distillation_config import DistillationConfig
     from hf_kd.distillation_trainer import DistillationTrainer
 
-    ds = generate_distillation_dataset(teacher_model, tokenizer, str(tmp_path / "data"), 8,
-                                       prompts=["the cat", "a dog ran", "red", "it was"], max_new_tokens=6,
-                                       batch_size=4, progress=False)  # fmt: skip
+    ds = generate_distillation_dataset(
+        teacher_model,
+        tokenizer,
+        str(tmp_path / "data"),
+        8,
+        prompts=["the cat", "a dog ran", "red", "it was"],
+        max_new_tokens=6,
+        batch_size=4,
+        progress=False,
+    )
     student = make_llama(len(tokenizer), seed=1)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     args = DistillationConfig(
-        str(tmp_path / "out"), completion_source="dataset", loss_type="nll", max_steps=2,
-        per_device_train_batch_size=4, max_completion_length=8, learning_rate=5e-2, logging_steps=1,
-        save_strategy="no", report_to="none", disable_tqdm=True,
-    )  # fmt: skip
+        str(tmp_path / "out"),
+        completion_source="dataset",
+        loss_type="nll",
+        max_steps=2,
+        per_device_train_batch_size=4,
+        max_completion_length=8,
+        learning_rate=5e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+    )
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher_model, args=args, train_dataset=ds, processing_class=tokenizer
     )

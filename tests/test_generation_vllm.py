@@ -36,10 +36,32 @@ ENGINE = {"enforce_eager": True}
 
 
 def cli_args(teacher: Path, output_dir: Path) -> list[str]:
-    return [str(teacher), "--output-dir", str(output_dir), "--backend", "vllm", "--prompt", "the cat",
-            "--selectivity", str(BETA), "--max-new-tokens", str(MAX_NEW), "--num-samples", str(N), "--batch-size",
-            str(BATCH), "--seed", "5", "--store-topk", str(len(make_tokenizer())), "--dtype", "float32",
-            "--vllm-kwargs", json.dumps(ENGINE), "--no-progress"]  # fmt: skip
+    return [
+        str(teacher),
+        "--output-dir",
+        str(output_dir),
+        "--backend",
+        "vllm",
+        "--prompt",
+        "the cat",
+        "--selectivity",
+        str(BETA),
+        "--max-new-tokens",
+        str(MAX_NEW),
+        "--num-samples",
+        str(N),
+        "--batch-size",
+        str(BATCH),
+        "--seed",
+        "5",
+        "--store-topk",
+        str(len(make_tokenizer())),
+        "--dtype",
+        "float32",
+        "--vllm-kwargs",
+        json.dumps(ENGINE),
+        "--no-progress",
+    ]
 
 
 def load_generated(path: Path):
@@ -142,8 +164,9 @@ def test_first_tokens_follow_the_sharpened_law(straight, teacher):
 
 def test_stored_full_vocab_topk_gives_the_live_teacher_kl(straight, teacher):
     student = make_llama(25, seed=1, hidden=16, layers=1)
-    assert_stored_topk_gives_the_live_teacher_kl(straight[1].select(range(20)), teacher, student, make_tokenizer(),
-                                                 atol=1e-4)  # fmt: skip
+    assert_stored_topk_gives_the_live_teacher_kl(
+        straight[1].select(range(20)), teacher, student, make_tokenizer(), atol=1e-4
+    )
 
 
 def test_kill_and_resume_gives_the_uninterrupted_dataset(tmp_path, teacher_dir, straight):
@@ -153,8 +176,12 @@ def test_kill_and_resume_gives_the_uninterrupted_dataset(tmp_path, teacher_dir, 
     # ends the whole job, so the group is killed after the main process, as a scheduler would.
     log = tmp_path / "killed.log"
     with open(log, "wb") as f:
-        killed = subprocess.Popen([sys.executable, str(SCRIPT), "--kill-before-shard", "2", *args], stdout=f,
-                                  stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        killed = subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--kill-before-shard", "2", *args],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             returncode = killed.wait(timeout=600)
         finally:
@@ -194,12 +221,21 @@ def test_student_trains_on_the_vllm_dataset(tmp_path, straight):
     student = make_llama(len(tok), seed=1)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     args = DistillationConfig(
-        str(tmp_path), completion_source="dataset", loss_type="forward_kl", max_steps=2, per_device_train_batch_size=4,
-        max_completion_length=MAX_NEW, learning_rate=5e-2, logging_steps=1, save_strategy="no", report_to="none",
+        str(tmp_path),
+        completion_source="dataset",
+        loss_type="forward_kl",
+        max_steps=2,
+        per_device_train_batch_size=4,
+        max_completion_length=MAX_NEW,
+        learning_rate=5e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
         disable_tqdm=True,
-    )  # fmt: skip
-    trainer = DistillationTrainer(model=student, args=args, train_dataset=straight[1].select(range(8)),
-                                  processing_class=tok)  # fmt: skip
+    )
+    trainer = DistillationTrainer(
+        model=student, args=args, train_dataset=straight[1].select(range(8)), processing_class=tok
+    )
     assert trainer.use_topk and trainer.teacher_model is None  # the stored top-k stands in for the teacher
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

@@ -242,8 +242,12 @@ def test_gradient_training_through_hf_trainer(tmp_path):
     from transformers import Trainer, TrainingArguments, default_data_collator
 
     gen = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.randn(500, 2, generator=gen) * 0.5 + torch.tensor([-2.0, 0.0]),
-                   torch.randn(500, 2, generator=gen) * 0.5 + torch.tensor([2.0, 1.0])])  # fmt: skip
+    x = torch.cat(
+        [
+            torch.randn(500, 2, generator=gen) * 0.5 + torch.tensor([-2.0, 0.0]),
+            torch.randn(500, 2, generator=gen) * 0.5 + torch.tensor([2.0, 1.0]),
+        ]
+    )
     em_nll = -GMMModel(GMMConfig(num_components=2, dim=2)).fit(x, tol=1e-8).log_prob(x).mean().item()
     torch.manual_seed(0)
     model = GMMModel(GMMConfig(num_components=2, dim=2))

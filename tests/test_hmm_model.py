@@ -95,8 +95,15 @@ def test_units_match_causal_lm_adapter_with_bos_prompt():
     samples = model.sample(6, max_new_tokens=5, generator=torch.Generator().manual_seed(0))
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=model.config.vocab_size, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=model.config.vocab_size,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=16,
+    )
     lm = CausalLMAdapter(LlamaForCausalLM(config).eval(), tok, prompt="<s>", progress=False)
     assert torch.equal(lm.log_likelihood(samples)[1], model.log_likelihood(samples)[1])
 
@@ -154,8 +161,14 @@ def test_remote_code_load_without_hf_kd(tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ckpt")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "ckpt")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert eval(proc.stdout.strip().splitlines()[-1]) == pytest.approx(model.log_likelihood(seqs)[0].tolist())
 

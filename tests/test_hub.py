@@ -267,9 +267,14 @@ def test_planted_secrets_never_reach_the_hub(tmp_path, hub):
     dataset_files = hub[1][1]["files"]
     # the allow-lists: no script, notes, wandb file, jsonl or csv
     assert model_files == [
-        "README.md", "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
-        "tokenizer.json", "tokenizer_config.json",
-    ]  # fmt: skip
+        "README.md",
+        "chat_template.jinja",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     assert dataset_files == ["README.md", "data/train-00000-of-00001.parquet", "generation_args.json"]
     for upload in (hub[1][1]["at"], hub[3][1]["at"]):
         for path in upload.rglob("*"):

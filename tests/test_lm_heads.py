@@ -16,8 +16,14 @@ from transformers import (
 from hf_kd.lm_heads import head_weight_and_bias, logit_postprocessing
 from hf_kd.losses import logit_postprocess
 
-SMALL = dict(vocab_size=30, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-             num_key_value_heads=1)  # fmt: skip
+SMALL = dict(
+    vocab_size=30,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+)
 MODELS = {
     "llama": lambda: LlamaForCausalLM(LlamaConfig(**SMALL)),
     "cohere": lambda: CohereForCausalLM(CohereConfig(logit_scale=0.25, **SMALL)),
@@ -35,10 +41,10 @@ def test_postprocessing_matches_the_models_own_forward(family):
         ids = torch.tensor([[1, 5, 7, 9, 2]])
         out = model(input_ids=ids, output_hidden_states=True)
         post = logit_postprocessing(model)
-        ours = logit_postprocess(model.get_output_embeddings()(out.hidden_states[-1]), post["scale"], post["softcap"])
+        ours = logit_postprocess(model.get_output_embeddings()(out.hidden_states[-1]), post.scale, post.softcap)
     torch.testing.assert_close(ours, out.logits, atol=1e-5, rtol=1e-5)
     expected = {"llama": (1.0, None), "cohere": (0.25, None), "granite": (0.25, None), "gemma2": (1.0, 1.5)}
-    assert (post["scale"], post["softcap"]) == expected[family]
+    assert (post.scale, post.softcap) == expected[family]
 
 
 def test_fsdp2_head_is_gathered_once_and_gets_its_gradient(tmp_path):

@@ -79,9 +79,14 @@ def test_generalized_jsd_matches_trl(jsd_beta, temperature):
     zs, zt = torch.randn(2, 4, 9), torch.randn(2, 4, 9)
     labels = torch.tensor([[1, 2, -100, 3], [-100, 4, 5, 6]])
     ours = distillation_loss(
-        zs, zt, loss_type="generalized_jsd", jsd_beta=jsd_beta, labels=labels, mask=labels != -100,
+        zs,
+        zt,
+        loss_type="generalized_jsd",
+        jsd_beta=jsd_beta,
+        labels=labels,
+        mask=labels != -100,
         temperature=temperature,
-    )  # fmt: skip
+    )
     theirs = GKDTrainer.generalized_jsd_loss(
         zs, zt, labels=labels, beta=jsd_beta, temperature=temperature, reduction="mean"
     )
@@ -178,8 +183,9 @@ def test_chunked_loss_reports_entropies_for_logging():
 
     hs, ws, ht, wt, labels, mask = _chunked_case(50)
     stats = {}
-    chunked_distillation_loss(hs, ws, ht, wt, loss_type="reverse_kl", mask=mask, selectivity=3.0, temperature=2.0,
-                              chunk_size=5, stats=stats)  # fmt: skip
+    chunked_distillation_loss(
+        hs, ws, ht, wt, loss_type="reverse_kl", mask=mask, selectivity=3.0, temperature=2.0, chunk_size=5, stats=stats
+    )
     z_s, z_t = (hs @ ws.T)[mask].detach(), (ht @ wt.T)[mask]
     assert stats["num_tokens"].item() == mask.sum().item()
     torch.testing.assert_close(stats["student_entropy"], token_entropy(z_s / 2.0).sum())
@@ -205,13 +211,24 @@ def test_chunked_postprocessed_logits_match_trl_kernel(student_post, teacher_pos
     hs, ws, ht, wt = (x * 4 for x in (hs.detach(), ws.detach(), ht, wt))  # logits large enough for the softcap
     hs.requires_grad_(), ws.requires_grad_()
     post = dict(
-        student_logit_scale=student_post[0], student_final_logit_softcapping=student_post[1],
-        teacher_logit_scale=teacher_post[0], teacher_final_logit_softcapping=teacher_post[1],
-    )  # fmt: skip
+        student_logit_scale=student_post[0],
+        student_final_logit_softcapping=student_post[1],
+        teacher_logit_scale=teacher_post[0],
+        teacher_final_logit_softcapping=teacher_post[1],
+    )
     ours = chunked_distillation_loss(
-        hs, ws, ht, wt, loss_type="generalized_jsd", mask=mask, jsd_beta=jsd_beta, temperature=1.7, chunk_size=7,
-        num_items_in_batch=31, **post,
-    )  # fmt: skip
+        hs,
+        ws,
+        ht,
+        wt,
+        loss_type="generalized_jsd",
+        mask=mask,
+        jsd_beta=jsd_beta,
+        temperature=1.7,
+        chunk_size=7,
+        num_items_in_batch=31,
+        **post,
+    )
     theirs, _, _ = _chunked_divergence_loss(
         hs, ht, ws, wt, mask, jsd_beta, num_items_in_batch=31, temperature=1.7, **post
     )

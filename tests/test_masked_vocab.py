@@ -168,8 +168,9 @@ def test_student_masked_where_the_teacher_has_mass_is_an_error_or_exact(loss_typ
     bias = torch.zeros(5)
     bias[1] = float("-inf")
     with pytest.raises(ValueError, match="zero probability .* -inf logit"):
-        chunked_distillation_loss(torch.randn(3, 4), torch.randn(5, 4), torch.randn(3, 4), torch.randn(5, 4),
-                                  student_bias=bias, **kw)  # fmt: skip
+        chunked_distillation_loss(
+            torch.randn(3, 4), torch.randn(5, 4), torch.randn(3, 4), torch.randn(5, 4), student_bias=bias, **kw
+        )
 
 
 @pytest.mark.parametrize("loss_type", ["forward_kl", "reverse_kl", "generalized_jsd", "tvd"])
@@ -202,8 +203,14 @@ def test_losses_refuse_selectivity_beyond_float32_and_inf(selectivity):
     with pytest.raises(ValueError, match=match):
         distillation_loss(zs, zt, loss_type="reverse_kl", selectivity=selectivity)
     with pytest.raises(ValueError, match=match):
-        chunked_distillation_loss(torch.randn(2, 3), torch.randn(5, 3), torch.randn(2, 3), torch.randn(5, 3),
-                                  loss_type="forward_kl", selectivity=selectivity)  # fmt: skip
+        chunked_distillation_loss(
+            torch.randn(2, 3),
+            torch.randn(5, 3),
+            torch.randn(2, 3),
+            torch.randn(5, 3),
+            loss_type="forward_kl",
+            selectivity=selectivity,
+        )
     ids, lp = torch.tensor([[0, 1], [2, 3]]), torch.log(torch.tensor([[0.6, 0.3], [0.5, 0.4]]))
     with pytest.raises(ValueError, match=match):
         topk_distillation_loss(zs, ids, lp, tail="renormalize", selectivity=selectivity)

@@ -50,7 +50,7 @@ def full_results(**overrides) -> dict:
         "reference_model": "HuggingFaceTB/SmolLM2-1.7B",
         "num_eval_samples": 512,
         "seeds": [0, 1, 2],
-        "command": "accelerate launch recipes/smollm2_kd.py --config recipes/configs/smollm2_paper.yaml",
+        "command": "accelerate launch recipes/smollm2_kd.py --config recipes/configs/smollm2_1.7b_to_135m_paper.yaml",
     }
     results.update(overrides)
     return results
@@ -121,7 +121,8 @@ def test_card_loads_with_metadata_and_model_index(tmp_path):
     assert "| Precision | -1.873 | [-1.901, -1.845] |" in text
     assert "| Recall | -3.221 | [-3.269, -3.173] |" in text
     assert "| 95% CI |" in text
-    assert "```bash\naccelerate launch recipes/smollm2_kd.py --config recipes/configs/smollm2_paper.yaml\n```" in text
+    command = "accelerate launch recipes/smollm2_kd.py --config recipes/configs/smollm2_1.7b_to_135m_paper.yaml"
+    assert f"```bash\n{command}\n```" in text
     assert CITATION in text and "2505.13111" in text and "Cha, Sungmin and Cho, Kyunghyun" in text
     assert "selectivity beta = 2 (teacher temperature 0.5)" in text
     assert "1,200 steps, 4,915,200 tokens, 38,400 samples" in text

@@ -48,15 +48,36 @@ def test_every_entry_point_resolves_offline_names(offline_tiny, tiny_dir, tmp_pa
     assert resolve_model_name(OFFLINE_SMOLLM2) == str(tiny_dir)
     model, _, resolved = load_causal_lm(OFFLINE_SMOLLM2)  # what the recipes load through
     assert resolved == str(tiny_dir) and model.config.vocab_size == make_llama(25).config.vocab_size
-    argv = [OFFLINE_SMOLLM2, "--output-dir", str(tmp_path / "samples"), "--num-samples", "2", "--prompt", "the",
-            "--max-new-tokens", "2", "--no-progress"]  # fmt: skip
+    argv = [
+        OFFLINE_SMOLLM2,
+        "--output-dir",
+        str(tmp_path / "samples"),
+        "--num-samples",
+        "2",
+        "--prompt",
+        "the",
+        "--max-new-tokens",
+        "2",
+        "--no-progress",
+    ]
     dataset = generate_from_args(*parse_command("generate", argv))
     assert len(dataset) == 2
     argv_by_path = [str(tiny_dir), *argv[1:2], str(tmp_path / "p"), *argv[3:]]
     same = generate_from_args(*parse_command("generate", argv_by_path))
     assert dataset["completion_ids"] == same["completion_ids"]  # the same model, so the same seeded samples
-    evaluate = ["--reference", str(tiny_dir), "--num-samples", "4", "--max-new-tokens", "2",
-                "--device", "cpu", "--prompt", "the", "--student"]  # fmt: skip
+    evaluate = [
+        "--reference",
+        str(tiny_dir),
+        "--num-samples",
+        "4",
+        "--max-new-tokens",
+        "2",
+        "--device",
+        "cpu",
+        "--prompt",
+        "the",
+        "--student",
+    ]
     by_name = evaluate_from_args(*parse_command("evaluate", [*evaluate, OFFLINE_SMOLLM2]))[0]
     by_path = evaluate_from_args(*parse_command("evaluate", [*evaluate, str(tiny_dir)]))[0]
     assert (by_name["precision"], by_name["recall"]) == (by_path["precision"], by_path["recall"])

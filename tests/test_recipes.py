@@ -118,9 +118,12 @@ def test_recipe_end_to_end_on_tiny_models(recipe, tokenizer, tmp_path, monkeypat
     # The stages were announced with their counts, and the whole run was estimated after the first student.
     printed = capsys.readouterr().out
     assert "plan: 2 student(s) (selectivity_1, selectivity_4; 0 already done), each 2 steps of 2 prompts" in printed
-    for stage in ("[1/6] loading the teacher", "[2/6] sampling the reference: 8 samples x 6 tokens",
-                  "[3/6] student 1/2 (selectivity_1): training, 2 steps", "[6/6] student 2/2 (selectivity_4): "
-                  "precision and recall, 8 samples per side"):  # fmt: skip
+    for stage in (
+        "[1/6] loading the teacher",
+        "[2/6] sampling the reference: 8 samples x 6 tokens",
+        "[3/6] student 1/2 (selectivity_1): training, 2 steps",
+        "[6/6] student 2/2 (selectivity_4): precision and recall, 8 samples per side",
+    ):
         assert stage in printed
     duration = r"(\d+ min )?\d+ s"
     assert re.search(rf"student 1/2 took {duration}; estimate: {duration} for the 1 left, {duration} in all", printed)
@@ -159,12 +162,43 @@ def test_evidence_recipe_end_to_end_and_resume(tokenizer, tmp_path, capsys):
     make_llama(len(tokenizer), seed=0, hidden=32, layers=2).save_pretrained(teacher_dir)
     tokenizer.save_pretrained(teacher_dir)
     argv = [
-        "--model_name_or_path", str(teacher_dir), "--temperatures", "0.5", "1.0", "--seeds", "0", "1",
-        "--prompt", "the", "--num_train_samples", "8", "--max_new_tokens", "5", "--student_num_layers", "1",
-        "--eval_num_samples", "6", "--generation_batch_size", "4", "--completion_source", "dataset",
-        "--loss_type", "nll", "--per_device_train_batch_size", "4", "--max_steps", "2", "--learning_rate", "1e-3",
-        "--save_strategy", "no", "--report_to", "none", "--output_dir", str(tmp_path / "out"),
-    ]  # fmt: skip
+        "--model_name_or_path",
+        str(teacher_dir),
+        "--temperatures",
+        "0.5",
+        "1.0",
+        "--seeds",
+        "0",
+        "1",
+        "--prompt",
+        "the",
+        "--num_train_samples",
+        "8",
+        "--max_new_tokens",
+        "5",
+        "--student_num_layers",
+        "1",
+        "--eval_num_samples",
+        "6",
+        "--generation_batch_size",
+        "4",
+        "--completion_source",
+        "dataset",
+        "--loss_type",
+        "nll",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_steps",
+        "2",
+        "--learning_rate",
+        "1e-3",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
     rows = evidence.main(argv)
     out = tmp_path / "out"
     results = json.loads((out / "results.json").read_text())

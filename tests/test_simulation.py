@@ -110,8 +110,9 @@ def test_seed_interval_is_scipys_percentile_bootstrap():
     # Heavy-tailed per-seed values (what beta >= 100 gives): the interval follows the skew, as scipy's does.
     values = torch.from_numpy(stats.lognorm.rvs(1.5, size=100, random_state=0)).neg()
     ours = seed_interval(values, confidence=0.95, n_boot=20000)
-    reference = stats.bootstrap((values.numpy(),), np.mean, confidence_level=0.95, n_resamples=20000,
-                                method="percentile", random_state=1).confidence_interval  # fmt: skip
+    reference = stats.bootstrap(
+        (values.numpy(),), np.mean, confidence_level=0.95, n_resamples=20000, method="percentile", random_state=1
+    ).confidence_interval
     width = reference.high - reference.low
     assert ours["low"] == pytest.approx(reference.low, abs=0.03 * width)
     assert ours["high"] == pytest.approx(reference.high, abs=0.03 * width)

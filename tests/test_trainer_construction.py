@@ -13,8 +13,9 @@ from hf_kd.generation import generate_distillation_dataset
 
 def build(tmp_path, train_dataset, tokenizer=None, teacher=None, **config):
     tokenizer = tokenizer or make_tokenizer()
-    args = DistillationConfig(str(tmp_path / "out"), report_to="none", max_completion_length=4,
-                              per_device_train_batch_size=2, **config)  # fmt: skip
+    args = DistillationConfig(
+        str(tmp_path / "out"), report_to="none", max_completion_length=4, per_device_train_batch_size=2, **config
+    )
     return DistillationTrainer(
         model=make_llama(len(tokenizer), 1),
         teacher_model=teacher if teacher is not None else make_llama(len(tokenizer), 0),
@@ -38,9 +39,14 @@ def test_dataset_without_prompt_column(tmp_path):
         build(tmp_path, data)
     with pytest.raises(ValueError, match="eval_dataset has no 'prompt' column"):
         args = DistillationConfig(str(tmp_path), report_to="none", eval_strategy="steps", eval_steps=1)
-        DistillationTrainer(model=make_llama(25, 1), teacher_model=make_llama(25, 0), args=args,
-                            train_dataset=Dataset.from_dict({"prompt": ["the"]}), eval_dataset=data,
-                            processing_class=make_tokenizer())  # fmt: skip
+        DistillationTrainer(
+            model=make_llama(25, 1),
+            teacher_model=make_llama(25, 0),
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": ["the"]}),
+            eval_dataset=data,
+            processing_class=make_tokenizer(),
+        )
 
 
 def test_empty_prompt_without_bos(tmp_path):
@@ -77,8 +83,14 @@ def other_tokenizer():
     vocab = {tok: i for i, tok in enumerate(["<pad>", "<unk>", "<s>", "</s>", *words])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>", name_or_path="other-tokenizer")  # fmt: skip
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        name_or_path="other-tokenizer",
+    )
 
 
 def test_signature_tells_tokenizers_apart_and_survives_save(tmp_path):
@@ -112,8 +124,16 @@ def test_teacher_saved_with_another_tokenizer(tmp_path):
 
 def test_generated_dataset_from_another_tokenizer(tmp_path):
     tok, other = make_tokenizer(), other_tokenizer()
-    data = generate_distillation_dataset(make_llama(len(other), 0), other, str(tmp_path / "samples"), 4,
-                                         prompt="the", max_new_tokens=3, batch_size=2, progress=False)  # fmt: skip
+    data = generate_distillation_dataset(
+        make_llama(len(other), 0),
+        other,
+        str(tmp_path / "samples"),
+        4,
+        prompt="the",
+        max_new_tokens=3,
+        batch_size=2,
+        progress=False,
+    )
     assert set(data["token_id_signature"]) == {token_id_signature(other)}
     with pytest.raises(ValueError, match=r"signature [0-9a-f]{16}.*'other-tokenizer'|but the trainer's tokenizer"):
         build(tmp_path, data, tokenizer=tok, completion_source="dataset")
@@ -122,11 +142,23 @@ def test_generated_dataset_from_another_tokenizer(tmp_path):
 
 
 def test_plain_trl_config_is_accepted(tmp_path):
-    args = trl.DistillationConfig(str(tmp_path), bf16=False, gradient_checkpointing=False, report_to="none",
-                                  beta=0.3, temperature=1.7, learning_rate=3e-4, max_completion_length=4)  # fmt: skip
-    trainer = DistillationTrainer(model=make_llama(25, 1), teacher_model=make_llama(25, 0), args=args,
-                                  train_dataset=Dataset.from_dict({"prompt": ["the"]}),
-                                  processing_class=make_tokenizer())  # fmt: skip
+    args = trl.DistillationConfig(
+        str(tmp_path),
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        beta=0.3,
+        temperature=1.7,
+        learning_rate=3e-4,
+        max_completion_length=4,
+    )
+    trainer = DistillationTrainer(
+        model=make_llama(25, 1),
+        teacher_model=make_llama(25, 0),
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": ["the"]}),
+        processing_class=make_tokenizer(),
+    )
     assert isinstance(trainer.args, DistillationConfig)
     assert (trainer.beta, trainer.temperature, trainer.args.learning_rate) == (0.3, 1.7, 3e-4)
     assert trainer.args.selectivity == 1.0 and trainer.args.completion_source == "student"  # hf_kd's defaults
@@ -137,7 +169,11 @@ def test_heads_on_different_devices(tmp_path):
     trainer = build(tmp_path, Dataset.from_dict({"prompt": ["the cat"]}))
     trainer.teacher_model.lm_head.to("meta")  # a second device without needing a GPU
     ones = torch.ones(1, 2, dtype=torch.long)
-    batch = {"prompt_ids": torch.tensor([[4, 5]]), "prompt_mask": ones, "completion_ids": torch.tensor([[6, 3]]),
-             "completion_mask": ones}  # fmt: skip
+    batch = {
+        "prompt_ids": torch.tensor([[4, 5]]),
+        "prompt_mask": ones,
+        "completion_ids": torch.tensor([[6, 3]]),
+        "completion_mask": ones,
+    }
     with pytest.raises(ValueError, match=r"student `lm_head` is on cpu but the teacher `lm_head` is on meta"):
         trainer.compute_loss(trainer.model, batch)

@@ -16,9 +16,18 @@ def trainer(tmp_path):
     tok = make_tokenizer()
     for name, seed in (("student", 1), ("teacher", 0)):
         make_llama(len(tok), seed).save_pretrained(tmp_path / "models" / name)
-    args = DistillationConfig(str(tmp_path / "out"), report_to="none", max_completion_length=3, max_steps=1,
-                              per_device_train_batch_size=2, selectivity=2.5, completion_source="teacher",
-                              loss_type="forward_kl", save_strategy="steps", save_steps=1)  # fmt: skip
+    args = DistillationConfig(
+        str(tmp_path / "out"),
+        report_to="none",
+        max_completion_length=3,
+        max_steps=1,
+        per_device_train_batch_size=2,
+        selectivity=2.5,
+        completion_source="teacher",
+        loss_type="forward_kl",
+        save_strategy="steps",
+        save_steps=1,
+    )
     return DistillationTrainer(
         model=LlamaForCausalLM.from_pretrained(tmp_path / "models" / "student"),  # loaded from a local path
         teacher_model=str(tmp_path / "models" / "teacher"),
@@ -60,8 +69,14 @@ def test_card_includes_measured_precision_and_recall(trainer, tmp_path):
     callback = PrecisionRecallCallback((make_llama(25, 3), make_tokenizer()), num_samples=2)
     callback.attach(trainer)
     # What hf_kd.metrics.precision_recall returns (the callback keeps its last result).
-    callback.last_result = {"precision": -3.25, "recall": -4.5, "precision_ci": (-3.5, -3.0),
-                            "recall_ci": (-4.75, -4.25), "unit": "token", "confidence": 0.95}  # fmt: skip
+    callback.last_result = {
+        "precision": -3.25,
+        "recall": -4.5,
+        "precision_ci": (-3.5, -3.0),
+        "recall_ci": (-4.75, -4.25),
+        "unit": "token",
+        "confidence": 0.95,
+    }
     trainer.save_model(str(tmp_path / "saved"))
     text = (tmp_path / "saved" / "README.md").read_text()
     assert_hf_kd_card(text, tmp_path)

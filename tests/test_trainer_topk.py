@@ -30,9 +30,17 @@ def make_trainer(tmp_path, tokenizer, dataset, teacher=None, student=None, **con
 @pytest.fixture(scope="module")
 def full_topk_dataset(tmp_path_factory, tokenizer, teacher_model):
     """8 teacher samples with the whole vocabulary stored (K = V); prompts of equal length (no left padding)."""
-    return generate_distillation_dataset(teacher_model, tokenizer, str(tmp_path_factory.mktemp("data")), 8,
-                                         prompts=["the cat", "a dog"], max_new_tokens=6, batch_size=8,
-                                         store_topk=len(tokenizer), progress=False)  # fmt: skip
+    return generate_distillation_dataset(
+        teacher_model,
+        tokenizer,
+        str(tmp_path_factory.mktemp("data")),
+        8,
+        prompts=["the cat", "a dog"],
+        max_new_tokens=6,
+        batch_size=8,
+        store_topk=len(tokenizer),
+        progress=False,
+    )
 
 
 def completions_of(out):
@@ -43,12 +51,14 @@ def completions_of(out):
 def test_stored_ids_are_used_and_cut_off_samples_get_no_eos(tmp_path, tokenizer):
     eos = tokenizer.eos_token_id
     # The texts disagree with the ids on purpose: only the ids may be used.
-    ds = Dataset.from_dict({
-        "prompt": ["the cat", "a", "red", "it was"],
-        "completion": ["dog", "dog", "dog", "dog"],
-        "completion_ids": [[6, 7, eos], [8, 9, 10], [11, 12], [13] * 12],
-        "finished": [True, False, True, False],
-    })  # fmt: skip
+    ds = Dataset.from_dict(
+        {
+            "prompt": ["the cat", "a", "red", "it was"],
+            "completion": ["dog", "dog", "dog", "dog"],
+            "completion_ids": [[6, 7, eos], [8, 9, 10], [11, 12], [13] * 12],
+            "finished": [True, False, True, False],
+        }
+    )
     trainer = make_trainer(tmp_path, tokenizer, ds, loss_type="nll", completion_source="dataset")
     out = trainer._generate_and_score_completions(list(ds))
     # finished: kept (EOS appended only if missing); cut off: no EOS; longer than max_completion_length: clipped
@@ -83,8 +93,9 @@ def test_chunked_topk_loss_equals_the_dense_loss_and_its_gradient():
     dense = topk_distillation_loss(dense_params[0] @ dense_params[1].T + dense_params[2], top_ids, top_lp, **kwargs)
     dense.backward()
     chunk_params = [t.clone().requires_grad_() for t in (h, w, b)]
-    chunked = chunked_topk_distillation_loss(chunk_params[0], chunk_params[1], top_ids, top_lp,
-                                             student_bias=chunk_params[2], chunk_size=3, **kwargs)  # fmt: skip
+    chunked = chunked_topk_distillation_loss(
+        chunk_params[0], chunk_params[1], top_ids, top_lp, student_bias=chunk_params[2], chunk_size=3, **kwargs
+    )
     chunked.backward()
     torch.testing.assert_close(chunked, dense, atol=1e-6, rtol=1e-6)
     for a, d in zip(chunk_params, dense_params):
@@ -100,10 +111,17 @@ def test_full_vocab_topk_trainer_loss_equals_the_live_teacher_loss(
 ):
     config = {"loss_type": loss_type, "completion_source": "dataset", "selectivity": selectivity, "beta": 0.3}
     student = make_llama(len(tokenizer), seed=1)
-    offline = make_trainer(tmp_path / "a", tokenizer, full_topk_dataset, student=copy.deepcopy(student),
-                           topk_tail=tail, **config)  # fmt: skip
-    live = make_trainer(tmp_path / "b", tokenizer, full_topk_dataset.remove_columns(TOPK), teacher=teacher_model,
-                        student=copy.deepcopy(student), **config)  # fmt: skip
+    offline = make_trainer(
+        tmp_path / "a", tokenizer, full_topk_dataset, student=copy.deepcopy(student), topk_tail=tail, **config
+    )
+    live = make_trainer(
+        tmp_path / "b",
+        tokenizer,
+        full_topk_dataset.remove_columns(TOPK),
+        teacher=teacher_model,
+        student=copy.deepcopy(student),
+        **config,
+    )
     assert offline.use_topk and offline.teacher_model is None and not live.use_topk
     inputs = list(full_topk_dataset.select(range(4)))
     batches = [t._generate_and_score_completions(inputs) for t in (offline, live)]
@@ -125,14 +143,32 @@ def test_full_vocab_topk_trainer_loss_equals_the_live_teacher_loss(
 
 
 def test_two_steps_without_a_teacher_model(tmp_path, tokenizer, teacher_model):
-    ds = generate_distillation_dataset(teacher_model, tokenizer, str(tmp_path / "data"), 8,
-                                       prompts=["the cat", "a dog ran", "red", "it was"], max_new_tokens=6,
-                                       batch_size=8, store_topk=4, progress=False)  # fmt: skip
+    ds = generate_distillation_dataset(
+        teacher_model,
+        tokenizer,
+        str(tmp_path / "data"),
+        8,
+        prompts=["the cat", "a dog ran", "red", "it was"],
+        max_new_tokens=6,
+        batch_size=8,
+        store_topk=4,
+        progress=False,
+    )
     student = make_llama(len(tokenizer), seed=1)
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    trainer = make_trainer(tmp_path / "out", tokenizer, ds, student=student, loss_type="forward_kl",
-                           completion_source="dataset", max_steps=2, learning_rate=5e-2, logging_steps=1,
-                           save_strategy="no", disable_tqdm=True)  # fmt: skip
+    trainer = make_trainer(
+        tmp_path / "out",
+        tokenizer,
+        ds,
+        student=student,
+        loss_type="forward_kl",
+        completion_source="dataset",
+        max_steps=2,
+        learning_rate=5e-2,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 2 and all(math.isfinite(h["loss"]) and h["loss"] > 0 for h in logs)
@@ -145,11 +181,22 @@ def test_errors_without_a_teacher_or_with_an_impossible_sharpening(tmp_path, tok
     with pytest.raises(ValueError, match=r"needs a teacher_model.*store_topk"):
         make_trainer(tmp_path, tokenizer, plain, loss_type="forward_kl", completion_source="dataset")
     with pytest.raises(ValueError, match="needs a teacher_model"):  # the teacher source samples with the teacher
-        make_trainer(tmp_path, tokenizer, full_topk_dataset, loss_type="forward_kl",
-                     completion_source={"dataset": 0.5, "teacher": 0.5})  # fmt: skip
+        make_trainer(
+            tmp_path,
+            tokenizer,
+            full_topk_dataset,
+            loss_type="forward_kl",
+            completion_source={"dataset": 0.5, "teacher": 0.5},
+        )
     with pytest.raises(ValueError, match="topk_tail='bucket' cannot sharpen"):
-        make_trainer(tmp_path, tokenizer, full_topk_dataset, loss_type="forward_kl", completion_source="dataset",
-                     selectivity=2.0)  # fmt: skip
+        make_trainer(
+            tmp_path,
+            tokenizer,
+            full_topk_dataset,
+            loss_type="forward_kl",
+            completion_source="dataset",
+            selectivity=2.0,
+        )
     with pytest.raises(ValueError, match="topk_tail='drop' is unknown"):
         DistillationConfig(str(tmp_path), topk_tail="drop", report_to="none")
 
@@ -174,8 +221,9 @@ def test_corrupt_stored_topk_is_refused_naming_the_row(tmp_path, tokenizer, full
         return row
 
     ds = full_topk_dataset.map(damage)
-    trainer = make_trainer(tmp_path, tokenizer, ds, loss_type="forward_kl", completion_source="dataset",
-                           remove_unused_columns=True)  # fmt: skip
+    trainer = make_trainer(
+        tmp_path, tokenizer, ds, loss_type="forward_kl", completion_source="dataset", remove_unused_columns=True
+    )
     trainer.model.train()
     batch = next(iter(trainer.get_train_dataloader()))
     assert "sample_id" in batch[0]  # kept so that the message can name the row
@@ -184,8 +232,14 @@ def test_corrupt_stored_topk_is_refused_naming_the_row(tmp_path, tokenizer, full
 
 
 def test_dataset_columns_survive_remove_unused_columns(tmp_path, tokenizer, full_topk_dataset):
-    trainer = make_trainer(tmp_path, tokenizer, full_topk_dataset, loss_type="forward_kl",
-                           completion_source="dataset", remove_unused_columns=True)  # fmt: skip
+    trainer = make_trainer(
+        tmp_path,
+        tokenizer,
+        full_topk_dataset,
+        loss_type="forward_kl",
+        completion_source="dataset",
+        remove_unused_columns=True,
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     assert {"prompt", "completion", "completion_ids", "finished", *TOPK} <= set(batch[0])
     assert "teacher_logprob" not in batch[0]  # the other columns are still removed
@@ -193,8 +247,15 @@ def test_dataset_columns_survive_remove_unused_columns(tmp_path, tokenizer, full
 
 def test_target_entropy_is_solved_on_the_renormalized_topk(tmp_path, tokenizer, full_topk_dataset):
     ds = full_topk_dataset.map(lambda r: {k: [row[:3] for row in r[k]] for k in TOPK})  # keep K = 3
-    trainer = make_trainer(tmp_path, tokenizer, ds, loss_type="forward_kl", completion_source="dataset",
-                           topk_tail="renormalize", target_entropy=0.5)  # fmt: skip
+    trainer = make_trainer(
+        tmp_path,
+        tokenizer,
+        ds,
+        loss_type="forward_kl",
+        completion_source="dataset",
+        topk_tail="renormalize",
+        target_entropy=0.5,
+    )
     trainer.model.train()
     batch = trainer._generate_and_score_completions(list(ds))
     assert batch["topk_ids"].shape[-1] == 3

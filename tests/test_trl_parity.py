@@ -53,8 +53,15 @@ def _cohere(vocab, seed):
 
 def _gemma2(vocab, seed):
     torch.manual_seed(seed)
-    config = Gemma2Config(vocab_size=vocab, head_dim=8, final_logit_softcapping=2.0, query_pre_attn_scalar=8,
-                          sliding_window=16, pad_token_id=0, **SMALL)  # fmt: skip
+    config = Gemma2Config(
+        vocab_size=vocab,
+        head_dim=8,
+        final_logit_softcapping=2.0,
+        query_pre_attn_scalar=8,
+        sliding_window=16,
+        pad_token_id=0,
+        **SMALL,
+    )
     return _peaky(Gemma2ForCausalLM(config), 6.0)
 
 
@@ -62,13 +69,32 @@ def _qwen2_vl(vocab, seed):
     """Tiny Qwen2-VL: image token id = vocab, 2x2 patches of 2x2 pixels, merged 2x2 into one image token."""
     torch.manual_seed(seed)
     config = Qwen2VLConfig(
-        text_config=dict(vocab_size=vocab + 2, max_position_embeddings=128, tie_word_embeddings=False,
-                         rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}, **SMALL),
-        vision_config=dict(depth=1, embed_dim=16, hidden_size=16, num_heads=2, mlp_ratio=2, patch_size=2,
-                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
-        image_token_id=vocab, video_token_id=vocab + 1, vision_start_token_id=2, bos_token_id=2, eos_token_id=3,
-        pad_token_id=0, tie_word_embeddings=False,
-    )  # fmt: skip
+        text_config=dict(
+            vocab_size=vocab + 2,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
+            rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]},
+            **SMALL,
+        ),
+        vision_config=dict(
+            depth=1,
+            embed_dim=16,
+            hidden_size=16,
+            num_heads=2,
+            mlp_ratio=2,
+            patch_size=2,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+        ),
+        image_token_id=vocab,
+        video_token_id=vocab + 1,
+        vision_start_token_id=2,
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
     return _peaky(Qwen2VLForConditionalGeneration(config), 6.0)
 
 
@@ -83,8 +109,13 @@ def text_batch():
     prompt_ids = torch.tensor([[4, 5, 6], [7, 8, 9], [20, 19, 10]])
     completion_ids = torch.tensor([[11, 12, 13, 3], [14, 3, 0, 0], [15, 16, 17, 18]])
     completion_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]])
-    return {"prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids), "completion_ids": completion_ids,
-            "completion_mask": completion_mask, "num_items_in_batch": completion_mask.sum()}  # fmt: skip
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": torch.ones_like(prompt_ids),
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "num_items_in_batch": completion_mask.sum(),
+    }
 
 
 def vl_batch(vocab):
@@ -109,13 +140,19 @@ def _trainers(student, teacher, processing_class, out, **config):
     data = Dataset.from_dict({"prompt": ["the cat", "a dog ran", "the big mat", "red"]})
     common = dict(report_to="none", max_completion_length=4, per_device_train_batch_size=2, **config)
     theirs = trl.DistillationTrainer(
-        model=student, teacher_model=teacher, train_dataset=data, processing_class=processing_class,
+        model=student,
+        teacher_model=teacher,
+        train_dataset=data,
+        processing_class=processing_class,
         args=trl.DistillationConfig(str(out / "trl"), bf16=False, gradient_checkpointing=False, **common),
-    )  # fmt: skip
+    )
     ours = DistillationTrainer(
-        model=student if isinstance(student, str) else theirs.model, teacher_model=teacher,
-        train_dataset=data, processing_class=processing_class, args=DistillationConfig(str(out / "ours"), **common),
-    )  # fmt: skip
+        model=student if isinstance(student, str) else theirs.model,
+        teacher_model=teacher,
+        train_dataset=data,
+        processing_class=processing_class,
+        args=DistillationConfig(str(out / "ours"), **common),
+    )
     return theirs, ours
 
 
@@ -253,6 +290,10 @@ def test_teacher_sampling_is_refused_for_vision_language_models(tmp_path):
     tok = make_tokenizer()
     args = DistillationConfig(str(tmp_path), report_to="none", completion_source="teacher", loss_type="nll")
     with pytest.raises(ValueError, match="does not pass images to the teacher's generate"):
-        DistillationTrainer(model=_qwen2_vl(len(tok), 1), teacher_model=_qwen2_vl(len(tok), 0), args=args,
-                            train_dataset=Dataset.from_dict({"prompt": ["the cat"]}),
-                            processing_class=TinyVLProcessor(tok))  # fmt: skip
+        DistillationTrainer(
+            model=_qwen2_vl(len(tok), 1),
+            teacher_model=_qwen2_vl(len(tok), 0),
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": ["the cat"]}),
+            processing_class=TinyVLProcessor(tok),
+        )

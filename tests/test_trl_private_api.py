@@ -26,8 +26,14 @@ EXPECTED = {
     "_save_checkpoint": ["self", "model", "trial"],
     "create_model_card": ["self", "model_name", "dataset_name", "tags"],
 }
-OVERRIDES = ("_generate_and_score_completions", "_generate_single_turn", "_compute_loss", "compute_loss",
-             "_set_signature_columns_if_needed", "_get_train_sampler")  # fmt: skip
+OVERRIDES = (
+    "_generate_and_score_completions",
+    "_generate_single_turn",
+    "_compute_loss",
+    "compute_loss",
+    "_set_signature_columns_if_needed",
+    "_get_train_sampler",
+)
 
 
 def _params(fn):
@@ -74,8 +80,18 @@ def test_trl_attributes_and_contracts_we_rely_on(tmp_path):
     trainer = trl.DistillationTrainer(
         model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok
     )
-    attrs = ("temperature", "beta", "teacher_model", "accelerator", "generation_config", "eos_token_ids",
-             "max_completion_length", "chat_template_kwargs", "_forward_redirection", "model_kwarg_keys")  # fmt: skip
+    attrs = (
+        "temperature",
+        "beta",
+        "teacher_model",
+        "accelerator",
+        "generation_config",
+        "eos_token_ids",
+        "max_completion_length",
+        "chat_template_kwargs",
+        "_forward_redirection",
+        "model_kwarg_keys",
+    )
     for attr in attrs:
         assert hasattr(trainer, attr), f"trl.DistillationTrainer no longer sets {attr}"
     assert trainer._tokenizer is tok and trainer._is_vlm is False
@@ -102,8 +118,15 @@ def test_trl_loss_path_contracts():
         assert f'"{key}"' in loss_src, f"TRL no longer forwards {key}"
     hidden = _params(base._get_last_hidden_state)
     assert hidden[5:] == list(MULTIMODAL_KEYS), f"TRL's multimodal keys changed: {hidden[5:]}"
-    for attr in ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling", "hyperclovax",
-                 "final_logit_softcapping", "temperature=self.temperature"):  # fmt: skip
+    for attr in (
+        "logit_scale",
+        "output_multiplier",
+        "lm_head_multiplier",
+        "logits_scaling",
+        "hyperclovax",
+        "final_logit_softcapping",
+        "temperature=self.temperature",
+    ):
         assert attr in loss_src, f"TRL's logit post-processing changed ({attr}): update hf_kd.lm_heads"
     assert "self.create_model_card(" in inspect.getsource(base._save_checkpoint)
     from trl.models.utils import unwrap_model_for_generation

@@ -55,9 +55,12 @@ def run(out_path: str, loss_type: str = "forward_kl", steps: int = 3) -> list[fl
         with torch.no_grad():
             teacher.lm_head.weight.mul_(10.0)  # a peaked teacher, so the loss depends strongly on the tokens
         trainer = DistillationTrainer(
-            model=make_llama(len(tok), seed=1), teacher_model=teacher, args=args, train_dataset=data,
+            model=make_llama(len(tok), seed=1),
+            teacher_model=teacher,
+            args=args,
+            train_dataset=data,
             processing_class=tok,
-        )  # fmt: skip
+        )
         trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if int(os.environ.get("RANK", "0")) == 0:

@@ -39,14 +39,31 @@ class KillAfterSave(TrainerCallback):
 def trainer(out: Path, source: str, callbacks=()):
     tok = make_tokenizer()
     args = DistillationConfig(
-        str(out / source), report_to="none", completion_source=source, loss_type="forward_kl", selectivity=1.5,
-        temperature=0.9, max_completion_length=4, per_device_train_batch_size=2, num_train_epochs=3,
-        save_strategy="steps", save_steps=3, learning_rate=1e-2, seed=11, logging_steps=1,
-    )  # fmt: skip
+        str(out / source),
+        report_to="none",
+        completion_source=source,
+        loss_type="forward_kl",
+        selectivity=1.5,
+        temperature=0.9,
+        max_completion_length=4,
+        per_device_train_batch_size=2,
+        num_train_epochs=3,
+        save_strategy="steps",
+        save_steps=3,
+        learning_rate=1e-2,
+        seed=11,
+        logging_steps=1,
+    )
     data = Dataset.from_dict({"prompt": PROMPTS, "completion": COMPLETIONS})
     student, teacher = make_llama(len(tok), 1), make_llama(len(tok), 0, hidden=32)
-    return DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
-                               processing_class=tok, callbacks=list(callbacks))  # fmt: skip
+    return DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+        callbacks=list(callbacks),
+    )
 
 
 def main():

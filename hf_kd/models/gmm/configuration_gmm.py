@@ -50,12 +50,7 @@ class GMMConfig(PreTrainedConfig):
             raise ValueError(f"dim must be a positive integer (got {dim!r}).")
         if covariance_type not in COVARIANCE_TYPES:
             raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES} (got {covariance_type!r}).")
-        selectivity = float(selectivity)
-        if math.isnan(selectivity) or selectivity <= 0:
-            raise ValueError(
-                f"selectivity must be > 0 (got {selectivity}); 1.0 keeps the mixture weights, larger values sharpen "
-                "them and float('inf') keeps the heaviest component."
-            )
+        selectivity = check_selectivity(selectivity)
         if not covariance_floor >= 0:
             raise ValueError(f"covariance_floor must be >= 0 (got {covariance_floor!r}).")
         self.num_components = num_components
@@ -64,3 +59,18 @@ class GMMConfig(PreTrainedConfig):
         self.selectivity = selectivity
         self.covariance_floor = float(covariance_floor)
         super().__init__(**kwargs)
+
+
+def check_selectivity(selectivity: float) -> float:
+    """`selectivity` as a float, refused unless it is > 0 (``inf`` keeps the heaviest component).
+
+    The GMM's own check: `hf_kd.models` import nothing else of hf_kd (the general one is
+    `hf_kd.sharpening.check_selectivity`).
+    """
+    selectivity = float(selectivity)
+    if math.isnan(selectivity) or selectivity <= 0:
+        raise ValueError(
+            f"selectivity must be > 0 (got {selectivity}); 1.0 keeps the mixture weights, larger values sharpen "
+            "them and float('inf') keeps the heaviest component."
+        )
+    return selectivity

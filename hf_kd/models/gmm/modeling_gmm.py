@@ -20,7 +20,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .configuration_gmm import GMMConfig
+from .configuration_gmm import GMMConfig, check_selectivity
 from .kmeans import kmeans, kmeans_plusplus
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -49,12 +49,7 @@ def sharpen_log_weights(log_weights: torch.Tensor, selectivity: float) -> torch.
     Returns:
         `torch.Tensor` of shape `(K,)`: sharpened log-weights (``-inf`` for dropped components).
     """
-    selectivity = float(selectivity)
-    if math.isnan(selectivity) or selectivity <= 0:
-        raise ValueError(
-            f"selectivity must be > 0 (got {selectivity}); use 1.0 for the model itself, larger values to sharpen its "
-            "mixture weights and float('inf') for its heaviest component."
-        )
+    selectivity = check_selectivity(selectivity)
     if math.isinf(selectivity):
         is_max = log_weights == log_weights.max()
         return torch.where(is_max, 0.0, float("-inf")).to(log_weights) - is_max.sum().to(log_weights).log()
