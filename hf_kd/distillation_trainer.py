@@ -37,6 +37,18 @@ MULTIMODAL_KEYS = (
 )
 
 
+def _ensure_pad_token(tokenizer) -> None:
+    """Pad with EOS (with a warning) when `tokenizer` has no pad token; refuse one with neither."""
+    if tokenizer is not None and tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(
+                "the tokenizer has neither a pad token nor an EOS token; set one, e.g. "
+                "tokenizer.add_special_tokens({'pad_token': '<pad>'}) and resize the model embeddings."
+            )
+        warnings.warn(f"tokenizer has no pad token; padding with EOS {tokenizer.eos_token!r}.", stacklevel=3)
+        tokenizer.pad_token = tokenizer.eos_token
+
+
 def _vocab_size(model) -> int:
     return model.get_output_embeddings().weight.shape[0]
 
@@ -108,15 +120,7 @@ class DistillationTrainer(trl.DistillationTrainer):
         use_topk = sources.get("dataset", 0) > 0 and args.loss_type != "nll" and has_topk(train_dataset, eval_dataset)
         check_sources(args, sources, use_topk, teacher_model, tools, train_dataset, eval_dataset)
         check_datasets(train_dataset, eval_dataset, None, reads_dataset_completions=False)  # before TRL reads them
-        tokenizer = getattr(processing_class, "tokenizer", processing_class)
-        if tokenizer is not None and tokenizer.pad_token is None:
-            if tokenizer.eos_token is None:
-                raise ValueError(
-                    "the tokenizer has neither a pad token nor an EOS token; set one, e.g. "
-                    "tokenizer.add_special_tokens({'pad_token': '<pad>'}) and resize the model embeddings."
-                )
-            warnings.warn(f"tokenizer has no pad token; padding with EOS {tokenizer.eos_token!r}.", stacklevel=2)
-            tokenizer.pad_token = tokenizer.eos_token
+        _ensure_pad_token(getattr(processing_class, "tokenizer", processing_class))
 
         super().__init__(
             model=model,
@@ -298,13 +302,13 @@ class DistillationTrainer(trl.DistillationTrainer):
         loss_mask = inputs["completion_mask"]
         if "tool_mask" in inputs:
             loss_mask = loss_mask * inputs["tool_mask"]
-        logits_to_keep = inputs["completion_ids"].size(1)
         multimodal = {k: inputs[k] for k in MULTIMODAL_KEYS if k in inputs}  # images reach both backbones
+        forward = (input_ids, attention_mask, inputs["completion_ids"].size(1))
 
         student_head = unwrapped_student.get_output_embeddings()
         device = student_head.weight.device
         valid = loss_mask.bool().to(device)
-        h_s = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, logits_to_keep, **multimodal)
+        h_s = self._get_last_hidden_state(unwrapped_student, *forward, **multimodal)
         h_s = h_s.to(device)[valid]  # (N, H): scored tokens only
         w_s, b_s = head_weight_and_bias(student_head, h_s.dtype)
         post_s = logit_postprocessing(unwrapped_student)
@@ -325,59 +329,46 @@ class DistillationTrainer(trl.DistillationTrainer):
         elif TOPK_COLUMNS[0] in inputs:  # the dataset's stored teacher top-k replaces the live teacher
             top_ids, top_lp = (inputs[c].to(device)[valid] for c in TOPK_COLUMNS)
             selectivity = self._topk_selectivity(top_lp)
-            loss = chunked_topk_distillation_loss(
-                h_s,
-                w_s,
-                top_ids,
-                top_lp,
-                loss_type=args.loss_type,
-                tail=args.topk_tail,
-                selectivity=selectivity,
-                **common,
-            )
+            topk = dict(loss_type=args.loss_type, tail=args.topk_tail, selectivity=selectivity)
+            loss = chunked_topk_distillation_loss(h_s, w_s, top_ids, top_lp, **topk, **common)
             self._stash_topk_stats(top_lp, selectivity)
             return loss, self._student_entropy_sum(h_s.detach(), w_s, b_s, post_s), valid.sum()
         else:
-            unwrapped_teacher = self.accelerator.unwrap_model(self.teacher_model)
-            teacher_head = unwrapped_teacher.get_output_embeddings()
-            if teacher_head.weight.device != device:  # the loss pairs both heads' logits chunk by chunk
-                raise ValueError(
-                    f"The student `lm_head` is on {device} but the teacher `lm_head` is on "
-                    f"{teacher_head.weight.device}. Place both on the same device in their `device_map`."
-                )
-            self.teacher_model.eval()
-            with torch.no_grad():
-                h_t = self._forward_redirection(
-                    self.teacher_model,
-                    unwrapped_teacher,
-                    self._get_last_hidden_state,
-                    unwrapped_teacher,
-                    input_ids,
-                    attention_mask,
-                    logits_to_keep,
-                    **multimodal,
-                )
-            h_t = h_t.to(device)[valid]
-            w_t, b_t = head_weight_and_bias(teacher_head, h_t.dtype)
-            post_t = logit_postprocessing(unwrapped_teacher)
+            h_t, w_t, b_t, post_t = self._teacher_head_inputs(forward, multimodal, device, valid)
             selectivity = self._selectivity_for(h_t, w_t, b_t, post_t)
+            teacher = dict(teacher_bias=b_t, teacher_logit_scale=post_t.scale)
+            teacher["teacher_final_logit_softcapping"] = post_t.softcap
             loss = chunked_distillation_loss(
-                h_s,
-                w_s,
-                h_t,
-                w_t,
-                loss_type=args.loss_type,
-                selectivity=selectivity,
-                teacher_bias=b_t,
-                stats=stats,
-                teacher_logit_scale=post_t.scale,
-                teacher_final_logit_softcapping=post_t.softcap,
-                **common,
+                h_s, w_s, h_t, w_t, loss_type=args.loss_type, selectivity=selectivity, stats=stats, **teacher, **common
             )
             self._pending_stats = torch.stack(
                 [stats.get(k, h_s.new_zeros(())).float() for k in ("num_tokens", *_TEACHER_STATS)]
             )
         return loss, stats.get("student_entropy", h_s.new_zeros(())).float(), valid.sum()
+
+    def _teacher_head_inputs(self, forward, multimodal, device, valid):
+        """The teacher's last hidden states at the scored tokens `(N, H_t)`, its head weight and bias, and its logit
+        post-processing; `forward` is ``(input_ids, attention_mask, logits_to_keep)``."""
+        unwrapped_teacher = self.accelerator.unwrap_model(self.teacher_model)
+        teacher_head = unwrapped_teacher.get_output_embeddings()
+        if teacher_head.weight.device != device:  # the loss pairs both heads' logits chunk by chunk
+            raise ValueError(
+                f"The student `lm_head` is on {device} but the teacher `lm_head` is on "
+                f"{teacher_head.weight.device}. Place both on the same device in their `device_map`."
+            )
+        self.teacher_model.eval()
+        with torch.no_grad():
+            h_t = self._forward_redirection(
+                self.teacher_model,
+                unwrapped_teacher,
+                self._get_last_hidden_state,
+                unwrapped_teacher,
+                *forward,
+                **multimodal,
+            )
+        h_t = h_t.to(device)[valid]
+        w_t, b_t = head_weight_and_bias(teacher_head, h_t.dtype)
+        return h_t, w_t, b_t, logit_postprocessing(unwrapped_teacher)
 
     def _chunk_slices(self, n: int, cap: int | None = None) -> list[slice]:
         """Slices of `n` tokens: `args.loss_chunk_size` (or the losses' automatic size), at most `cap` per chunk."""

@@ -325,6 +325,28 @@ def solve_mean_selectivity(
     return math.exp(u.item())
 
 
+def _solve_rows(chunk: torch.Tensor, target_entropy: float, tol: float, max_iter: int, lo_sel: float, hi_sel: float):
+    """One selectivity per row of `chunk` `(n, V)` (float64, shape `(n,)`), refused where the target is unreachable."""
+    lo = torch.full((chunk.shape[0],), math.log(lo_sel), dtype=torch.float64, device=chunk.device)
+    hi = torch.full_like(lo, math.log(hi_sel))
+    y = _centered(chunk)  # once per chunk, reused by every Newton step
+    u, err, h_lo, h_hi = _solve_log_selectivity(
+        lambda u, y=y: _entropy_and_slope(y, u.exp()), target_entropy, lo, hi, tol, max_iter
+    )
+    if (err.abs() > tol).any():
+        h_lo, h_hi = _entropy_and_slope(y, lo.exp())[0], _entropy_and_slope(y, hi.exp())[0]
+        bad = err.abs() > tol
+        raise _unreachable(
+            target_entropy,
+            lo_sel,
+            hi_sel,
+            h_hi[bad].min().item(),
+            h_lo[bad].max().item(),
+            f"token entropy at {int(bad.sum())} of the positions",
+        )
+    return u.exp()
+
+
 def solve_selectivity(
     logits: torch.Tensor,
     target_entropy: float,
@@ -376,26 +398,7 @@ def solve_selectivity(
             lambda: (rows[sl] for sl in chunk_slices(rows.shape[0], step)), target_entropy, tol, max_iter, *bounds
         )
         return torch.tensor(selectivity, dtype=logits.dtype, device=logits.device)
-    parts = []
-    for sl in chunk_slices(rows.shape[0], step):
-        chunk = rows[sl]
-        lo = torch.full((chunk.shape[0],), math.log(min_selectivity), dtype=torch.float64, device=chunk.device)
-        hi = torch.full_like(lo, math.log(max_selectivity))
-        y = _centered(chunk)  # once per chunk, reused by every Newton step
-        u, err, h_lo, h_hi = _solve_log_selectivity(
-            lambda u, y=y: _entropy_and_slope(y, u.exp()), target_entropy, lo, hi, tol, max_iter
-        )
-        if (err.abs() > tol).any():
-            h_lo, h_hi = _entropy_and_slope(y, lo.exp())[0], _entropy_and_slope(y, hi.exp())[0]
-            bad = err.abs() > tol
-            raise _unreachable(
-                target_entropy,
-                *bounds,
-                h_hi[bad].min().item(),
-                h_lo[bad].max().item(),
-                f"token entropy at {int(bad.sum())} of the positions",
-            )
-        parts.append(u.exp())
+    parts = [_solve_rows(rows[sl], target_entropy, tol, max_iter, *bounds) for sl in chunk_slices(rows.shape[0], step)]
     out = torch.ones(flat.shape[0], dtype=logits.dtype, device=logits.device)
     out[keep] = torch.cat(parts).to(logits.dtype)
     return out.reshape(logits.shape[:-1])
