@@ -311,18 +311,15 @@ def _bar(row: dict, side: str) -> list[list[float]]:
     return [[row[side] - row[f"{side}_low"]], [row[f"{side}_high"] - row[side]]]
 
 
+def _errorbar(ax, row: dict, **style) -> None:
+    """`row` as a point (recall, precision) with its asymmetric interval bars."""
+    xerr, yerr = _bar(row, "recall"), _bar(row, "precision")
+    ax.errorbar(row["recall"], row["precision"], xerr=xerr, yerr=yerr, capsize=3, **style)
+
+
 def _draw_frontier(ax, rows: list[dict], colors, labels: list[str]) -> None:
     for row, color, label in zip(rows[1:], colors, labels):
-        ax.errorbar(
-            row["recall"],
-            row["precision"],
-            xerr=_bar(row, "recall"),
-            yerr=_bar(row, "precision"),
-            fmt="o",
-            color=color,
-            capsize=3,
-            label=f"distilled, beta = {label}",
-        )
+        _errorbar(ax, row, fmt="o", color=color, label=f"distilled, beta = {label}")
         ax.annotate(
             f"β={label}",
             (row["recall"], row["precision"]),
@@ -333,18 +330,7 @@ def _draw_frontier(ax, rows: list[dict], colors, labels: list[str]) -> None:
             clip_on=True,
         )
     ax.plot([r["recall"] for r in rows[1:]], [r["precision"] for r in rows[1:]], color="0.6", zorder=0)
-    base = rows[0]
-    ax.errorbar(
-        base["recall"],
-        base["precision"],
-        xerr=_bar(base, "recall"),
-        yerr=_bar(base, "precision"),
-        fmt="*",
-        color="crimson",
-        markersize=12,
-        capsize=3,
-        label="direct, p''(D)",
-    )
+    _errorbar(ax, rows[0], fmt="*", color="crimson", markersize=12, label="direct, p''(D)")
     ax.grid(alpha=0.3)
 
 

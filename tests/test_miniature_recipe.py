@@ -15,52 +15,14 @@ from transformers import LlamaForCausalLM
 from hf_kd import CausalLMAdapter
 from hf_kd.models.hmm import hmm_tokenizer, long_tail_hmm
 
-TINY = [
-    "--taus",
-    "0.5",
-    "1.0",
-    "--seeds",
-    "0",
-    "1",
-    "--max_new_tokens",
-    "6",
-    "--teacher_hidden_size",
-    "8",
-    "--teacher_num_layers",
-    "1",
-    "--teacher_num_train_samples",
-    "16",
-    "--teacher_num_train_epochs",
-    "1",
-    "--student_hidden_size",
-    "8",
-    "--student_num_layers",
-    "1",
-    "--num_train_samples",
-    "16",
-    "--eval_num_samples",
-    "12",
-    "--generation_batch_size",
-    "8",
-    "--completion_source",
-    "dataset",
-    "--loss_type",
-    "nll",
-    "--max_completion_length",
-    "6",
-    "--per_device_train_batch_size",
-    "8",
-    "--num_train_epochs",
-    "1",
-    "--learning_rate",
-    "1e-3",
-    "--save_strategy",
-    "no",
-    "--report_to",
-    "none",
-    "--disable_tqdm",
-    "true",
-]
+TINY = (
+    "--taus 0.5 1.0 --seeds 0 1 --max_new_tokens 6 "
+    "--teacher_hidden_size 8 --teacher_num_layers 1 --teacher_num_train_samples 16 --teacher_num_train_epochs 1 "
+    "--student_hidden_size 8 --student_num_layers 1 --num_train_samples 16 --eval_num_samples 12 "
+    "--generation_batch_size 8 --completion_source dataset --loss_type nll --max_completion_length 6 "
+    "--per_device_train_batch_size 8 --num_train_epochs 1 --learning_rate 1e-3 --save_strategy no "
+    "--report_to none --disable_tqdm true"
+).split()
 
 
 def t_interval(values):

@@ -162,42 +162,13 @@ def test_evidence_recipe_end_to_end_and_resume(tokenizer, tmp_path, capsys):
     make_llama(len(tokenizer), seed=0, hidden=32, layers=2).save_pretrained(teacher_dir)
     tokenizer.save_pretrained(teacher_dir)
     argv = [
-        "--model_name_or_path",
-        str(teacher_dir),
-        "--temperatures",
-        "0.5",
-        "1.0",
-        "--seeds",
-        "0",
-        "1",
-        "--prompt",
-        "the",
-        "--num_train_samples",
-        "8",
-        "--max_new_tokens",
-        "5",
-        "--student_num_layers",
-        "1",
-        "--eval_num_samples",
-        "6",
-        "--generation_batch_size",
-        "4",
-        "--completion_source",
-        "dataset",
-        "--loss_type",
-        "nll",
-        "--per_device_train_batch_size",
-        "4",
-        "--max_steps",
-        "2",
-        "--learning_rate",
-        "1e-3",
-        "--save_strategy",
-        "no",
-        "--report_to",
-        "none",
-        "--output_dir",
-        str(tmp_path / "out"),
+        *("--model_name_or_path", str(teacher_dir), "--output_dir", str(tmp_path / "out")),
+        *(
+            "--temperatures 0.5 1.0 --seeds 0 1 --prompt the --num_train_samples 8 --max_new_tokens 5 "
+            "--student_num_layers 1 --eval_num_samples 6 --generation_batch_size 4 "
+            "--completion_source dataset --loss_type nll --per_device_train_batch_size 4 --max_steps 2 "
+            "--learning_rate 1e-3 --save_strategy no --report_to none"
+        ).split(),
     ]
     rows = evidence.main(argv)
     out = tmp_path / "out"

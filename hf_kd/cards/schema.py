@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..completion_sources import parse_completion_source
 from ..students import STUDENT_INITS
 from ..typecheck import check_field_types
 
@@ -96,14 +97,10 @@ def _check_sharpening(r: DistillationResults) -> None:
 
 
 def _check_source(source) -> None:
-    if isinstance(source, str):
-        if source not in SOURCE_DESCRIPTIONS:
-            raise ValueError(f"completion_source={source!r} is unknown; use one of {tuple(SOURCE_DESCRIPTIONS)}.")
-        return
-    if not isinstance(source, dict) or not source or set(source) - set(SOURCE_DESCRIPTIONS):
-        raise ValueError(f"completion_source must be one of {tuple(SOURCE_DESCRIPTIONS)} or a dict over them.")
-    if not math.isclose(sum(source.values()), 1.0) or min(source.values()) < 0:
-        raise ValueError(f"completion_source probabilities must be >= 0 and sum to 1 (got {source}).")
+    """The one completion-source check (`hf_kd.completion_sources`); the card records a name or a dict, not JSON."""
+    if isinstance(source, str) and source.strip().startswith("{"):
+        raise ValueError(f"completion_source must be a name or a dict, not a JSON string (got {source!r}).")
+    parse_completion_source(source)
 
 
 def _check_evaluation(r: DistillationResults) -> None:
