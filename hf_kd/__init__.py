@@ -29,6 +29,8 @@ _EXPORTS = {
     "GMMModel": "models.gmm",
     "HMMConfig": "models.hmm",
     "HMMModel": "models.hmm",
+    "SamplingParams": "sampling",
+    "warp_logits": "sampling",
     "sharpen_logits": "sharpening",
     "sharpen_weights": "sharpening",
     "solve_selectivity": "sharpening",

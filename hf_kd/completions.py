@@ -1,27 +1,16 @@
 """Where a distillation batch's completions come from: a shared draw of the source, teacher sampling, dataset text.
 
-Pure helpers used by `hf_kd.DistillationTrainer`; none of them touches a trainer.
+Trainer-side helpers used by `hf_kd.DistillationTrainer`; none of them touches a trainer. The sampling itself, and
+the generic `left_pad` / `trim_at_eos`, live in `hf_kd.sampling`.
 """
 
 from __future__ import annotations
 
-import copy
-import math
-
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from .sharpening import solve_selectivity
+from .sampling import from_generation_config, sample_batch, stream_seed
 
-__all__ = [
-    "EntropyTargetLogitsProcessor",
-    "dataset_completion_ids",
-    "draw_source",
-    "left_pad",
-    "sample_completions",
-    "tokenize_completions",
-    "trim_at_eos",
-]
+__all__ = ["TeacherSampler", "dataset_completion_ids", "draw_source", "tokenize_completions"]
 
 
 def draw_source(probabilities: dict[str, float], seed: int, step: int) -> str:
@@ -51,119 +40,52 @@ def draw_source(probabilities: dict[str, float], seed: int, step: int) -> str:
     return [n for n in names if probabilities[n] > 0][-1]  # u within rounding of 1
 
 
-def left_pad(prompt_ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token id lists into a batch, as decoder-only generation needs (every row's next token aligned).
+class TeacherSampler:
+    """The trainer's online teacher sampling, through `hf_kd.sampling.sample_batch`.
+
+    The law is TRL's `temperature`, the config's sharpening (`selectivity` or `target_entropy`) and the trainer's
+    `generation_config` (lengths, top-k, top-p, min_new_tokens); settings `hf_kd.sampling` does not implement (e.g.
+    ``repetition_penalty``, ``min_p``) are refused when the sampler is built. Row r of a call draws its uniforms from
+    ``stream_seed(seed, mode, step, process, call, r)`` (call: the how-many-th call at that step, as evaluation
+    samples several batches a step), so rows, processes and steps have their own streams and a resumed run redraws
+    the same completions.
 
     Args:
-        prompt_ids (`list[list[int]]`): unpadded prompts.
-        pad_token_id (`int`): the filler id.
-
-    Returns:
-        `tuple[torch.Tensor, torch.Tensor]`: ``input_ids`` and ``attention_mask``, both `(B, max length)` int64.
-    """
-    width = max(len(p) for p in prompt_ids)
-    input_ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, ids in enumerate(prompt_ids):
-        input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[i, width - len(ids) :] = 1
-    return input_ids, attention_mask
-
-
-def trim_at_eos(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> list[list[int]]:
-    """Cut each generated row after its first EOS (the EOS is kept) and return plain id lists.
-
-    Args:
-        completion_ids (`torch.Tensor` of shape `(B, T)`): generated tokens, prompt removed.
-        eos_token_ids (`list[int]`): ids that end a completion.
-
-    Returns:
-        `list[list[int]]`: one list per row, of length ``min(T, first_eos + 1)``.
-    """
-    completion_ids = completion_ids.cpu()
-    is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids))
-    out = []
-    for row, eos in zip(completion_ids.tolist(), is_eos, strict=True):
-        end = int(eos.int().argmax()) + 1 if eos.any() else len(row)
-        out.append(row[:end])
-    return out
-
-
-class EntropyTargetLogitsProcessor(LogitsProcessor):
-    """Scale next-token scores by the selectivity that gives them a target entropy (per batch or per row).
-
-    At each generation step ``scores (B, V) -> beta * scores`` with beta from `solve_selectivity`: one beta making the
-    mean entropy over the rows equal `target_entropy`, or one beta per row with `per_token`. The last betas used are
-    kept in `last_selectivity` for logging.
+        generation_config (`GenerationConfig`): TRL's ``trainer.generation_config``.
+        args (`DistillationConfig`): selectivity, target_entropy, per_token_selectivity, seed.
+        temperature (`float`): TRL's temperature.
     """
 
-    def __init__(self, target_entropy: float, per_token: bool = False):
-        self.target_entropy = target_entropy
-        self.per_token = per_token
-        self.last_selectivity: torch.Tensor | None = None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        beta = solve_selectivity(scores.float(), self.target_entropy, per_token=self.per_token)
-        self.last_selectivity = beta.detach()
-        beta = beta.to(scores.dtype)
-        return scores * (beta[:, None] if self.per_token else beta)
-
-
-def sample_completions(
-    model: torch.nn.Module,
-    prompt_ids: list[list[int]],
-    generation_config: GenerationConfig,
-    *,
-    pad_token_id: int,
-    eos_token_ids: list[int],
-    selectivity: float = 1.0,
-    temperature: float = 1.0,
-    target_entropy: float | None = None,
-    per_token: bool = False,
-) -> list[list[int]]:
-    """Sample completions from `model` (the teacher) sharpened by `selectivity` or to a `target_entropy`.
-
-    Sampling temperature is ``temperature / selectivity`` (``selectivity = inf``: greedy decoding); with
-    `target_entropy` the temperature is 1 (beta absorbs any) and an `EntropyTargetLogitsProcessor` solves beta at
-    every step. Other sampling settings of `generation_config` (top-k, top-p, ...) are kept; their defaults leave
-    the sharpened distribution untouched.
-
-    Args:
-        model (`PreTrainedModel`): the model that samples (unwrapped, in eval mode).
-        prompt_ids (`list[list[int]]`): tokenized prompts, unpadded.
-        generation_config (`GenerationConfig`): base configuration (max_new_tokens, eos, ...); it is not modified.
-        pad_token_id (`int`), eos_token_ids (`list[int]`): padding id and the ids that end a completion.
-        selectivity (`float`): beta > 0 (or ``inf``), on top of `temperature`.
-        temperature (`float`): the trainer's softmax temperature (TRL's `temperature`).
-        target_entropy (`float`, *optional*): nats per token; replaces `selectivity`.
-        per_token (`bool`): with `target_entropy`, one beta per row and step.
-
-    Returns:
-        `list[list[int]]`: completion ids per prompt, cut after the first EOS (kept).
-    """
-    device = next(model.parameters()).device
-    input_ids, attention_mask = left_pad(prompt_ids, pad_token_id)
-    width = input_ids.shape[1]
-    config = copy.deepcopy(generation_config)
-    processors = LogitsProcessorList()
-    if target_entropy is not None:
-        config.temperature = 1.0
-        processors.append(EntropyTargetLogitsProcessor(target_entropy, per_token))
-    elif math.isinf(selectivity):
-        config.do_sample, config.temperature = False, 1.0
-    else:
-        config.temperature = temperature / selectivity
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            generation_config=config,
-            logits_processor=processors,
+    def __init__(self, generation_config, args, temperature: float):
+        beta = 1.0 if args.target_entropy is not None else args.selectivity
+        self.params = from_generation_config(
+            generation_config,
+            temperature=temperature,
+            selectivity=beta,
+            target_entropy=args.target_entropy,
+            per_token=args.per_token_selectivity,
         )
-    model.train(was_training)
-    return trim_at_eos(out[:, width:], eos_token_ids)
+        self.seed = args.seed
+        self._calls: dict[tuple, int] = {}
+
+    def __call__(self, model, prompt_ids: list[list[int]], key: tuple, **ids) -> list[list[int]]:
+        """Completion ids per prompt (ending at the first EOS, kept) of `model`, the unwrapped teacher.
+
+        Args:
+            model (`PreTrainedModel`): the model that samples (put in eval mode for the call).
+            prompt_ids (`list[list[int]]`): tokenized prompts, unpadded.
+            key (`tuple`): (mode, global step, process index).
+            ids: ``eos_token_ids`` and ``pad_token_id`` of `sample_batch`.
+        """
+        calls = self._calls.get(key, 0)
+        self._calls = {key: calls + 1}
+        seeds = [stream_seed(self.seed, *key, calls, r) for r in range(len(prompt_ids))]
+        was_training = model.training
+        model.eval()
+        try:
+            return [row["completion_ids"] for row in sample_batch(model, prompt_ids, seeds, self.params, **ids)]
+        finally:
+            model.train(was_training)
 
 
 def tokenize_completions(

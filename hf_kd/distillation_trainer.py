@@ -8,7 +8,7 @@ import torch
 import trl
 from trl.models.utils import unwrap_model_for_generation
 
-from .completions import dataset_completion_ids, draw_source, sample_completions, tokenize_completions
+from .completions import TeacherSampler, dataset_completion_ids, draw_source, tokenize_completions
 from .distillation_config import DistillationConfig
 from .lm_heads import head_weight_and_bias, logit_postprocessing
 from .losses import chunked_distillation_loss, default_chunk_size, logit_postprocess
@@ -155,6 +155,8 @@ class DistillationTrainer(trl.DistillationTrainer):
             check_target_entropy(args.target_entropy, vocab)
         self.vocab_size = vocab  # the student's lm_head rows, shared with the teacher (checked above)
         self.source_probabilities = sources
+        if sources.get("teacher", 0) > 0:  # refuses sampling settings hf_kd.sampling does not implement
+            self._sample_teacher = TeacherSampler(self.generation_config, args, self.temperature)
         self.use_topk = use_topk
         self._source = "student"
         self._pending_dataset = None
@@ -269,17 +271,10 @@ class DistillationTrainer(trl.DistillationTrainer):
             with unwrap_model_for_generation(
                 self.teacher_model, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
             ) as teacher:
-                return sample_completions(
-                    teacher,
-                    prompt_ids,
-                    self.generation_config,
-                    pad_token_id=self._tokenizer.pad_token_id,
-                    eos_token_ids=self.eos_token_ids,
-                    selectivity=self.args.selectivity,
-                    temperature=self.temperature,
-                    target_entropy=self.args.target_entropy,
-                    per_token=self.args.per_token_selectivity,
-                )
+                mode = "train" if self.model.training else "eval"
+                key = (mode, self.state.global_step, self.accelerator.process_index)
+                ids = {"eos_token_ids": self.eos_token_ids, "pad_token_id": self._tokenizer.pad_token_id}
+                return self._sample_teacher(teacher, prompt_ids, key, **ids)
         return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
 
     # ------------------------------------------------------------------------------------------------------ loss

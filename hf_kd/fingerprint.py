@@ -17,6 +17,9 @@ import torch
 
 from .validation import dtype_name
 
+# Written by hf_kd.generation next to every sample (`token_id_signature` of its tokenizer), checked by the trainer.
+TOKEN_ID_SIGNATURE_COLUMN = "token_id_signature"
+
 __all__ = [
     "fingerprint_changes",
     "state_dict_sha256",

@@ -48,12 +48,10 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .fingerprint import fingerprint_changes, teacher_fingerprint, token_id_signature
+from .fingerprint import TOKEN_ID_SIGNATURE_COLUMN, fingerprint_changes, teacher_fingerprint, token_id_signature
 from .generation_cli import BACKENDS, GenerateArguments, generate_from_args
 from .offline import resolve_model_name
-from .sequence_sampling import sample_batch, sample_seed
-from .sharpening import check_selectivity
-from .trainer_checks import TOKEN_ID_SIGNATURE_COLUMN
+from .sampling import SamplingParams, sample_batch, sample_seed, to_vllm_sampling_params
 from .validation import check_model_path, check_output_dir, check_token_ids, dtype_name, parse_dtype
 
 __all__ = [
@@ -172,11 +170,10 @@ def _check_or_record_arguments(output_dir: str, record: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ backends
-def _rows_transformers(model, shard_ids, prompt_ids, seed, eos_ids, pad_id, sampling) -> list[dict]:
-    return sample_batch(
-        model, [prompt_ids[i] for i in shard_ids], shard_ids, seed=seed, eos_token_ids=eos_ids, pad_token_id=pad_id,
-        **sampling,
-    )  # fmt: skip
+def _rows_transformers(model, shard_ids, prompt_ids, seed, eos_ids, pad_id, params, store_topk) -> list[dict]:
+    prompts, seeds = [prompt_ids[i] for i in shard_ids], [sample_seed(seed, i) for i in shard_ids]
+    ids = {"eos_token_ids": eos_ids, "pad_token_id": pad_id}
+    return sample_batch(model, prompts, seeds, params, store_topk=store_topk, **ids)
 
 
 CPU_KV_CACHE_BYTES = 2**30  # vLLM-CPU's default asks for 92 % of host memory and fails on a machine in use
@@ -203,42 +200,27 @@ def _vllm_engine(teacher: str, revision, seed: int, dtype, store_topk: int, worl
     return LLM(**{**kwargs, **(vllm_kwargs or {})})
 
 
-def _rows_vllm(engine, shard_ids, prompt_ids, seed, eos_ids, sampling) -> list[dict]:
+def _rows_vllm(engine, shard_ids, prompt_ids, seed, eos_ids, params, store_topk) -> list[dict]:
     """vLLM path: one request per sample, seeded by ``sample_seed(seed, id)`` (vLLM's per-request generator).
 
     The token law is the transformers path's (softmax(beta * z), then top-k / top-p), but vLLM draws with its own
     random numbers: the two backends give different samples for the same seed. An engine returns one log-prob mode
     (here the raw teacher's), so ``sampling_logprob`` is NaN on this path.
     """
-    from vllm import SamplingParams
-
-    beta, k = sampling["selectivity"], max(sampling["store_topk"], 1)
     requests = [{"prompt_token_ids": prompt_ids[i]} for i in shard_ids]
-    params = [
-        SamplingParams(
-            temperature=0.0 if math.isinf(beta) else 1.0 / beta,
-            top_k=sampling["top_k"] or 0,
-            top_p=sampling["top_p"] or 1.0,
-            max_tokens=sampling["max_new_tokens"],
-            seed=sample_seed(seed, i),
-            logprobs=k,
-            stop_token_ids=eos_ids,
-            ignore_eos=False,
-            include_stop_str_in_output=True,
-        )  # fmt: skip
+    per_request = [
+        to_vllm_sampling_params(params, seed=sample_seed(seed, i), logprobs=max(store_topk, 1), stop_token_ids=eos_ids)
         for i in shard_ids
     ]
     rows = []
-    for result in engine.generate(requests, params, use_tqdm=False):
+    for result in engine.generate(requests, per_request, use_tqdm=False):
         out = result.outputs[0]
         ids = list(out.token_ids)
-        row = {"completion_ids": ids, "sampling_logprob": math.nan, "mean_selectivity": beta}
+        row = {"completion_ids": ids, "sampling_logprob": math.nan, "mean_selectivity": params.selectivity}
         row["teacher_logprob"] = sum(step[t].logprob for step, t in zip(out.logprobs, ids))
         row["finished"] = bool(ids) and ids[-1] in eos_ids
-        if sampling["store_topk"]:
-            tops = [
-                sorted(step.items(), key=lambda kv: -kv[1].logprob)[: sampling["store_topk"]] for step in out.logprobs
-            ]
+        if store_topk:
+            tops = [sorted(step.items(), key=lambda kv: -kv[1].logprob)[:store_topk] for step in out.logprobs]
             row["topk_ids"] = [[t for t, _ in top] for top in tops]
             row["topk_logprobs"] = [[lp.logprob for _, lp in top] for top in tops]
         rows.append(row)
@@ -246,9 +228,9 @@ def _rows_vllm(engine, shard_ids, prompt_ids, seed, eos_ids, sampling) -> list[d
 
 
 # ----------------------------------------------------------------------------------------------------------- API
-def _validate(num_samples, batch_size, max_new_tokens, selectivity, temperature, target_entropy, top_k, top_p,
-              store_topk, prompt, prompts, backend, teacher, output_dir) -> float:  # fmt: skip
-    """Check the arguments early; return the selectivity."""
+def _validate(num_samples, batch_size, max_new_tokens, selectivity, temperature, target_entropy, per_token, top_k,
+              top_p, store_topk, prompt, prompts, backend, teacher, output_dir) -> SamplingParams:  # fmt: skip
+    """Check the arguments early; return the sampling law."""
     check_output_dir(output_dir)
     if isinstance(teacher, str):
         check_model_path(teacher, "teacher")
@@ -262,13 +244,8 @@ def _validate(num_samples, batch_size, max_new_tokens, selectivity, temperature,
             raise ValueError(f"temperature must be >= 0 (got {temperature}); 0 is greedy decoding.")
         selectivity = math.inf if temperature == 0 else 1.0 / temperature
     selectivity = 1.0 if selectivity is None else float(selectivity)
-    check_selectivity(selectivity)
-    if target_entropy is not None and not target_entropy > 0:
-        raise ValueError(f"target_entropy must be > 0 nats per token (got {target_entropy}).")
-    if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (got {top_k}); 0 or None turns it off.")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (got {top_p}); 1 or None turns it off.")
+    params = SamplingParams(selectivity=selectivity, target_entropy=target_entropy, per_token=per_token, top_k=top_k,
+                            top_p=top_p, max_new_tokens=max_new_tokens)  # fmt: skip
     if store_topk < 0:
         raise ValueError(f"store_topk must be >= 0 (got {store_topk}); 0 stores no top-k log-probs.")
     if prompt is not None and prompts is not None:
@@ -290,7 +267,7 @@ def _validate(num_samples, batch_size, max_new_tokens, selectivity, temperature,
             raise ValueError("backend='vllm' loads the teacher itself: pass a model id or path, not a loaded model.")
         if target_entropy is not None:
             raise ValueError("target_entropy needs a per-step solver: use backend='transformers'.")
-    return selectivity
+    return params
 
 
 def _load_teacher(teacher, tokenizer, revision, device, dtype):
@@ -412,8 +389,10 @@ def generate_distillation_dataset(
     from .dataset_card import write_dataset_card
 
     teacher = os.fspath(teacher) if isinstance(teacher, os.PathLike) else teacher
-    selectivity = _validate(num_samples, batch_size, max_new_tokens, selectivity, temperature, target_entropy, top_k,
-                            top_p, store_topk, prompt, prompts, backend, teacher, output_dir)  # fmt: skip
+    params = _validate(num_samples, batch_size, max_new_tokens, selectivity, temperature, target_entropy,
+                       per_token_selectivity, top_k, top_p, store_topk, prompt, prompts, backend, teacher,
+                       output_dir)  # fmt: skip
+    selectivity = params.selectivity
     output_dir, dtype = os.fspath(output_dir), parse_dtype(dtype)
     given_name = teacher if isinstance(teacher, str) else None
     if given_name is not None:  # checked before anything loads; an `offline:` name becomes its local checkpoint
@@ -466,10 +445,6 @@ def generate_distillation_dataset(
     paths = [_shard_path(output_dir, k, num_shards) for k in range(num_shards)]
     mine = [k for k in range(rank, num_shards, world)]
     todo = [k for k in mine if not os.path.exists(paths[k])]
-    sampling = {
-        "selectivity": selectivity, "target_entropy": target_entropy, "per_token_selectivity": per_token_selectivity,
-        "top_k": top_k, "top_p": top_p, "max_new_tokens": max_new_tokens, "store_topk": store_topk,
-    }  # fmt: skip
     prompt_of = [prompts[i % len(prompts)] for i in range(num_samples)]
     prompt_ids = [encoded[p] for p in prompt_of]
     engine = None
@@ -483,9 +458,9 @@ def generate_distillation_dataset(
     for k in todo:
         ids = list(range(k * batch_size, min((k + 1) * batch_size, num_samples)))
         if engine is not None:
-            rows = _rows_vllm(engine, ids, prompt_ids, seed, eos_token_ids, sampling)
+            rows = _rows_vllm(engine, ids, prompt_ids, seed, eos_token_ids, params, store_topk)
         else:
-            rows = _rows_transformers(model, ids, prompt_ids, seed, eos_token_ids, pad_id, sampling)
+            rows = _rows_transformers(model, ids, prompt_ids, seed, eos_token_ids, pad_id, params, store_topk)
         for i, row in zip(ids, rows):
             row["sample_id"], row["prompt"] = i, prompt_of[i]
             row["num_tokens"] = len(row["completion_ids"])

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 
-from .fingerprint import token_id_signature
+from .fingerprint import TOKEN_ID_SIGNATURE_COLUMN, token_id_signature
 
 __all__ = ["check_datasets", "check_sources", "check_teacher_tokenizer", "column_names", "has_topk", "iter_datasets"]
 
-# Written by hf_kd.generation next to every sample: `hf_kd.fingerprint.token_id_signature` of its tokenizer.
-TOKEN_ID_SIGNATURE_COLUMN = "token_id_signature"
 # Dataset completions: free text, or (from hf_kd.generation) the sampled ids as they are, whether the teacher
 # stopped, and its stored top-k.
 COMPLETION_COLUMN = "completion"

@@ -8,10 +8,11 @@ import torch
 from conftest import make_llama, make_tokenizer
 from datasets import Dataset
 
-from hf_kd.completions import draw_source, tokenize_completions, trim_at_eos
+from hf_kd.completions import draw_source, tokenize_completions
 from hf_kd.distillation_config import DistillationConfig
 from hf_kd.distillation_trainer import DistillationTrainer
 from hf_kd.losses import LOSS_TYPES
+from hf_kd.sampling import trim_at_eos
 
 PROMPTS = ["the cat", "a dog ran", "the big mat", "red"]
 COMPLETIONS = ["sat on the mat", "fast", "was very happy", "dog"]

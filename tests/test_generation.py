@@ -17,13 +17,21 @@ from hf_kd import generation
 from hf_kd.cli import parse_command
 from hf_kd.generation import generate_distillation_dataset, generate_from_args
 from hf_kd.metrics.lm_adapter import CausalLMAdapter
-from hf_kd.sequence_sampling import sample_batch
+from hf_kd.sampling import SamplingParams, sample_seed
+from hf_kd.sampling import sample_batch as sample_law
 
 SCRIPT = Path(__file__).parent / "scripts" / "generate_tiny.py"
 sys.path.insert(0, str(SCRIPT.parent))
 from generate_tiny import ARGS, TEACHER  # noqa: E402
 
 EOS = 3
+
+
+def sample_batch(model, prompts, sample_ids, *, seed, eos_token_ids, pad_token_id, store_topk=0, **law):
+    """`hf_kd.sampling.sample_batch` with the rows seeded as generate_distillation_dataset seeds them."""
+    seeds = [sample_seed(seed, i) for i in sample_ids]
+    ids = {"eos_token_ids": eos_token_ids, "pad_token_id": pad_token_id, "store_topk": store_topk}
+    return sample_law(model, prompts, seeds, SamplingParams(**law), **ids)
 
 
 def assert_same_samples(a, b):

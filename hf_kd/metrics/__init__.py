@@ -8,6 +8,7 @@ import os
 
 from .callback import PrecisionRecallCallback
 from .embedding import TextEmbedder, default_embedder_path, embedding_precision_recall, knn_precision_recall
+from .generative import as_generative_model
 from .intervals import bootstrap_ci, bootstrap_difference, mean_confidence_interval, seed_t_interval
 from .likelihood import (
     compare_students,
@@ -18,7 +19,7 @@ from .likelihood import (
     resolve_unit,
     score_samples,
 )
-from .lm_adapter import CausalLMAdapter, as_generative_model, score_token_sequences
+from .lm_adapter import CausalLMAdapter, score_token_sequences
 from .protocol import GenerativeModel, check_generative_model
 
 _METRICS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "evaluate")

@@ -7,8 +7,9 @@ import warnings
 import torch
 from transformers import TrainerCallback
 
+from .generative import as_generative_model
 from .likelihood import precision_recall
-from .lm_adapter import CausalLMAdapter, as_generative_model
+from .lm_adapter import CausalLMAdapter
 
 __all__ = ["PrecisionRecallCallback"]
 

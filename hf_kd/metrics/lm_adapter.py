@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from ..completions import left_pad, trim_at_eos
-from ..sharpening import check_selectivity
+from ..sampling import SamplingParams, sample_batch, sample_seed
 
-__all__ = ["CausalLMAdapter", "as_generative_model", "check_tokenizer_matches", "score_token_sequences"]
+__all__ = ["CausalLMAdapter", "check_tokenizer_matches", "score_token_sequences"]
 
 
 def _unwrap(model):
@@ -198,8 +198,12 @@ class CausalLMAdapter:
     ):
         if tokenizer is None:
             raise ValueError("CausalLMAdapter needs the model's tokenizer (got None).")
-        for name, value in (("batch_size", batch_size), ("max_batch_tokens", max_batch_tokens),
-                            ("head_chunk_tokens", head_chunk_tokens)):  # fmt: skip
+        sizes = {
+            "batch_size": batch_size,
+            "max_batch_tokens": max_batch_tokens,
+            "head_chunk_tokens": head_chunk_tokens,
+        }
+        for name, value in sizes.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"CausalLMAdapter {name} must be a positive integer (got {value!r}).")
         check_tokenizer_matches(model, tokenizer)
@@ -315,6 +319,34 @@ class CausalLMAdapter:
         texts = self.tokenizer.batch_decode([s[st:] for s, st in zip(sequences, starts)], skip_special_tokens=True)
         return torch.tensor([len(t.encode("utf-8")) for t in texts], dtype=torch.int64)
 
+    def _sampling_params(self, selectivity, temperature, top_k, top_p, max_new_tokens, min_new_tokens):
+        """The law of `sample`: beta from `selectivity` or ``1 / temperature`` (0: greedy), then top-k / top-p."""
+        if selectivity is not None and temperature is not None:
+            raise ValueError("give selectivity (beta) or temperature (1 / beta), not both.")
+        if temperature is not None:
+            if not float(temperature) >= 0:
+                raise ValueError(f"temperature must be >= 0 (got {temperature}); 0 means greedy decoding.")
+            selectivity = math.inf if temperature == 0 else 1.0 / float(temperature)
+        return SamplingParams(
+            selectivity=1.0 if selectivity is None else float(selectivity),
+            top_k=top_k,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+        )
+
+    def _start_prompts(self, prompt, n: int) -> list[list[int]]:
+        prompts = self._prompt_ids(prompt, n)
+        if prompts is None:
+            tok = self.tokenizer
+            start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+            if start is None:
+                raise ValueError("the tokenizer has neither a BOS nor an EOS token to start from; give a prompt.")
+            prompts = [[start]] * n
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("an empty prompt leaves nothing to condition on; give a prompt with at least one token.")
+        return prompts
+
     @torch.no_grad()
     def sample(
         self,
@@ -328,9 +360,14 @@ class CausalLMAdapter:
         batch_size: int | None = None,
         return_tokens: bool = False,
         progress: bool | None = None,
-        **generate_kwargs,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_new_tokens: int = 0,
     ) -> list[str] | list[list[int]]:
-        """Draw `n` completions by ancestral sampling (top-k and top-p off), batched.
+        """Draw `n` completions by ancestral sampling through `hf_kd.sampling` (the law every hf_kd path uses).
+
+        Sample i draws its uniforms from ``sample_seed(seed, i)``, so it does not depend on the batch size, and the
+        global RNG state is left untouched.
 
         Args:
             n (`int`): number of samples.
@@ -339,95 +376,40 @@ class CausalLMAdapter:
             max_new_tokens (`int`): length cap of each completion.
             selectivity (`float`, *optional*): sample from ``p**beta`` renormalised per token (temperature
                 ``1 / beta``); ``inf`` is greedy decoding. Give this or `temperature`, not both (default 1).
-            temperature (`float`, *optional*): sampling temperature.
-            seed (`int`, *optional*) / generator (`torch.Generator`, *optional*): make the draw reproducible; the
-                global RNG state is left untouched.
+            temperature (`float`, *optional*): sampling temperature ``1 / beta`` (0: greedy).
+            seed (`int`, *optional*) / generator (`torch.Generator`, *optional*): make the draw reproducible (the
+                generator gives the seed).
             batch_size (`int`, *optional*): overrides ``self.batch_size``.
             return_tokens (`bool`): return completion token ids (EOS kept when generated) instead of texts.
             progress (`bool`, *optional*): override ``self.progress``.
-            generate_kwargs: passed to `model.generate`.
+            top_k (`int`, *optional*), top_p (`float`, *optional*): truncation after sharpening (None: off).
+            min_new_tokens (`int`): EOS cannot be drawn before this many tokens.
 
         Returns:
             `list[str]` or `list[list[int]]`: the completions, without the prompt.
         """
         if n < 0:
             raise ValueError(f"n must be >= 0 (got {n}).")
-        if selectivity is not None and temperature is not None:
-            raise ValueError("give selectivity (beta) or temperature (1 / beta), not both.")
-        if selectivity is not None:
-            check_selectivity(selectivity)
-            temperature = 0.0 if math.isinf(selectivity) else 1.0 / selectivity
-        temperature = 1.0 if temperature is None else float(temperature)
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (got {temperature}); 0 means greedy decoding.")
-        if temperature > 0:
-            check_selectivity(1.0 / temperature)  # a temperature below 3e-39 is a beta beyond float32
-        tok = self.tokenizer
-        prompts = self._prompt_ids(prompt, n)
-        if prompts is None:
-            start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-            if start is None:
-                raise ValueError("the tokenizer has neither a BOS nor an EOS token to start from; give a prompt.")
-            prompts = [[start]] * n
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("an empty prompt leaves nothing to condition on; give a prompt with at least one token.")
+        params = self._sampling_params(selectivity, temperature, top_k, top_p, max_new_tokens, min_new_tokens)
+        prompts = self._start_prompts(prompt, n)
         if seed is None:
-            gen = generator if generator is not None else torch.Generator().manual_seed(torch.seed() % 2**62)
+            gen = generator if generator is not None else torch.Generator().manual_seed(secrets.randbits(62))
             seed = int(torch.randint(0, 2**62, (1,), generator=gen))
-        bs = batch_size or self.batch_size
-        eos = tok.eos_token_id
+        bs, eos = batch_size or self.batch_size, self.tokenizer.eos_token_id
+        ids = {"eos_token_ids": [] if eos is None else [eos], "pad_token_id": self.pad_token_id}
         out: list = []
         was_training = self.model.training
         self.model.eval()
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed)
-                show = self.progress if progress is None else progress
-                for b in tqdm(range(0, n, bs), desc="sampling", disable=not show, leave=False):
-                    ids, mask = left_pad(prompts[b : b + bs], self.pad_token_id)
-                    width = ids.shape[1]
-                    gen_out = self.model.generate(
-                        input_ids=ids.to(self.device),
-                        attention_mask=mask.to(self.device),
-                        do_sample=temperature > 0,
-                        temperature=temperature if temperature > 0 else None,
-                        top_k=0 if temperature > 0 else None,
-                        top_p=1.0 if temperature > 0 else None,
-                        max_new_tokens=max_new_tokens,
-                        pad_token_id=self.pad_token_id,
-                        eos_token_id=eos,
-                        **generate_kwargs,
-                    )
-                    out.extend(trim_at_eos(gen_out[:, width:], [] if eos is None else [eos]))
+            show = self.progress if progress is None else progress
+            for b in tqdm(range(0, n, bs), desc="sampling", disable=not show, leave=False):
+                seeds = [sample_seed(seed, i) for i in range(b, min(b + bs, n))]
+                out.extend(
+                    row["completion_ids"]
+                    for row in sample_batch(self.model, prompts[b : b + bs], seeds, params, **ids)
+                )
         finally:
             self.model.train(was_training)
         if return_tokens:
             return out
-        return tok.batch_decode(out, skip_special_tokens=True)
-
-
-def as_generative_model(obj, **adapter_kwargs):
-    """Turn what a user hands over into a protocol model.
-
-    Args:
-        obj: a protocol model (returned as is), a ``(model, tokenizer)`` pair, or a causal LM id / local path
-            (loaded in float32 by `hf_kd.offline.load_causal_lm`).
-        adapter_kwargs: passed to [`CausalLMAdapter`] when one is built.
-
-    Returns:
-        An object with ``sample`` and ``log_likelihood``.
-    """
-    if hasattr(obj, "sample") and hasattr(obj, "log_likelihood"):
-        return obj
-    if isinstance(obj, (tuple, list)) and len(obj) == 2:
-        return CausalLMAdapter(obj[0], obj[1], **adapter_kwargs)
-    if isinstance(obj, str):
-        from ..offline import load_causal_lm
-
-        model, tokenizer, _ = load_causal_lm(obj)
-        return CausalLMAdapter(model, tokenizer, **adapter_kwargs)
-    raise ValueError(
-        f"expected a model with sample/log_likelihood, a (model, tokenizer) pair or a model id/path; got "
-        f"{type(obj).__name__}."
-    )
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True)

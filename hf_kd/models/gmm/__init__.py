@@ -4,7 +4,8 @@
 so the checkpoint loads with ``AutoModel.from_pretrained(path, trust_remote_code=True)`` where hf_kd is not installed.
 """
 
-from .. import register_auto_model
+from transformers import AutoConfig, AutoModel
+
 from .configuration_gmm import GMMConfig
 from .kmeans import kmeans, kmeans_plusplus, lloyd
 from .modeling_gmm import GMMModel, GMMOutput, gaussian_log_prob, sharpen_log_weights
@@ -24,7 +25,10 @@ __all__ = [
 
 def register_gmm() -> None:
     """Register the GMM with the transformers Auto classes; safe to call any number of times."""
-    register_auto_model(GMMConfig, GMMModel)
+    AutoConfig.register(GMMConfig.model_type, GMMConfig, exist_ok=True)
+    AutoModel.register(GMMConfig, GMMModel, exist_ok=True)
+    GMMConfig.register_for_auto_class()
+    GMMModel.register_for_auto_class("AutoModel")
 
 
 register_gmm()

@@ -4,7 +4,8 @@
 so the checkpoint loads with ``AutoModel.from_pretrained(path, trust_remote_code=True)`` where hf_kd is not installed.
 """
 
-from .. import register_auto_model
+from transformers import AutoConfig, AutoModel
+
 from .configuration_hmm import HMMConfig
 from .long_tail import long_tail_hmm
 from .modeling_hmm import HMMModel, HMMOutput, forward_log_likelihood
@@ -23,7 +24,10 @@ __all__ = [
 
 def register_hmm() -> None:
     """Register the HMM with the transformers Auto classes; safe to call any number of times."""
-    register_auto_model(HMMConfig, HMMModel)
+    AutoConfig.register(HMMConfig.model_type, HMMConfig, exist_ok=True)
+    AutoModel.register(HMMConfig, HMMModel, exist_ok=True)
+    HMMConfig.register_for_auto_class()
+    HMMModel.register_for_auto_class("AutoModel")
 
 
 register_hmm()

@@ -1,0 +1,180 @@
+"""The KV-cache decode loop every transformers sampling path uses (generation, trainer, metrics).
+
+Each row owns a stream of uniforms from its own seed: at step t the token is the inverse-CDF draw of the sampling
+law (`warp_logits`) at the row's t-th uniform. A row's tokens therefore depend on its seed and prefix only, not on
+the batch it is in (up to float rounding of the logits), and rows leave the batch (cache, mask, positions) as soon
+as they emit an EOS. The same forward pass gives the teacher's log-probs and top-k, so nothing is scored twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+
+import torch
+
+from .padding import left_pad
+from .params import SamplingParams
+from .warp import mask_eos, warp_logits
+
+__all__ = ["sample_batch", "sample_seed", "stream_seed", "uniform_streams"]
+
+
+def stream_seed(*keys) -> int:
+    """A 63-bit seed derived from `keys` alone (SHA-256 of ``"hf_kd:k1:k2:..."``), for one row's own generator."""
+    digest = hashlib.sha256(("hf_kd:" + ":".join(str(k) for k in keys)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def sample_seed(seed: int, sample_id: int) -> int:
+    """The seed of sample `sample_id` of a run seeded `seed` (``stream_seed(seed, sample_id)``)."""
+    return stream_seed(int(seed), int(sample_id))
+
+
+def uniform_streams(seeds: list[int], steps: int) -> torch.Tensor:
+    """`(B, steps)` float64 uniforms: row i holds the first `steps` draws of a generator seeded ``seeds[i]``."""
+    return torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).double()
+
+
+@functools.cache
+def _cache_argument(forward_class: type) -> str:
+    """The KV-cache argument of a model class's forward: ``cache`` in recent transformers, ``past_key_values`` in
+    older ones (the old name still works on new versions, with a deprecation warning)."""
+    return "cache" if "cache" in inspect.signature(forward_class.forward).parameters else "past_key_values"
+
+
+def _cache_name(model) -> str:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT keeps the model inside
+    return _cache_argument(type(base))
+
+
+def _prefill(model, input_ids, attention_mask, position_ids):
+    """Forward over the left-padded prompts: next-token logits `(B, V)` and the KV cache."""
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1], getattr(out, _cache_name(model))
+
+
+def _decode_step(model, tokens, cache, attention_mask, positions):
+    """One token per running row, `tokens` `(B,)` at `positions` `(B,)`: next-token logits `(B, V)` (cache updated)."""
+    out = model(
+        input_ids=tokens[:, None],
+        attention_mask=attention_mask,
+        position_ids=positions[:, None],
+        use_cache=True,
+        **{_cache_name(model): cache},
+    )
+    return out.logits[:, -1]
+
+
+def _draw(logits, params: SamplingParams, uniforms, eos: list[int], step: int):
+    """Token `(B,)`, its log-prob under the sampling law `(B,)` float64 CPU (0 when greedy) and the betas `(B,)`."""
+    if step < params.min_new_tokens and eos:
+        logits = mask_eos(logits, eos)
+    log_s, beta = warp_logits(logits, params, return_selectivity=True)
+    if params.greedy:
+        return logits.argmax(-1), torch.zeros(len(beta), dtype=torch.float64), beta
+    cdf = log_s.double().exp().cumsum(-1)
+    u = uniforms.to(cdf.device) * cdf[:, -1]
+    # right=True: the first id whose cumulative mass exceeds u, so zero-probability ids are never drawn.
+    token = torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
+    return token, log_s.gather(-1, token[:, None]).squeeze(-1).double().cpu(), beta
+
+
+class _Rows:
+    """Per-row accumulators of `sample_batch`'s output."""
+
+    def __init__(self, n: int, store_topk: int):
+        self.store_topk = store_topk
+        self.rows = [
+            {"completion_ids": [], "teacher_logprob": 0.0, "sampling_logprob": 0.0, "beta_sum": 0.0} for _ in range(n)
+        ]
+        if store_topk:
+            for row in self.rows:
+                row["topk_ids"], row["topk_logprobs"] = [], []
+
+    def add(self, active, token, log_p, sampled_lp, beta) -> None:
+        """Append one step for the running rows `active`; `log_p` `(B, V)` is the UNsharpened teacher's."""
+        teacher_lp = log_p.gather(-1, token[:, None]).squeeze(-1).double().cpu()
+        token = token.cpu()
+        if self.store_topk:
+            top_lp, top_ids = log_p.topk(self.store_topk, dim=-1)
+            top_lp, top_ids = top_lp.cpu().tolist(), top_ids.int().cpu().tolist()
+        for j, r in enumerate(active.tolist()):
+            row = self.rows[r]
+            row["completion_ids"].append(int(token[j]))
+            row["teacher_logprob"] += float(teacher_lp[j])
+            row["sampling_logprob"] += float(sampled_lp[j])
+            row["beta_sum"] += float(beta[j])
+            if self.store_topk:
+                row["topk_ids"].append(top_ids[j])
+                row["topk_logprobs"].append(top_lp[j])
+
+    def finish(self, eos: set[int]) -> list[dict]:
+        for row in self.rows:
+            row["finished"] = bool(row["completion_ids"]) and row["completion_ids"][-1] in eos
+            row["mean_selectivity"] = row.pop("beta_sum") / max(len(row["completion_ids"]), 1)
+        return self.rows
+
+
+@torch.no_grad()
+def sample_batch(
+    model,
+    prompt_ids: list[list[int]],
+    seeds: list[int],
+    params: SamplingParams,
+    *,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+    store_topk: int = 0,
+) -> list[dict]:
+    """Sample one completion per prompt with a KV cache, scoring it as it goes.
+
+    At step t with logits ``z`` of the running rows: ``log p = log_softmax(z)`` (the UNsharpened model),
+    ``log s = warp_logits(z', params)`` with ``z' = z`` but EOS at ``-inf`` while ``t < min_new_tokens``, and
+    ``x_t = F_s^{-1}(u_{i,t})`` with ``u_{i,t}`` the t-th uniform of row i's generator (``seeds[i]``); greedy
+    decoding takes the argmax of ``z'``. A row stops at an EOS (kept) or after `max_new_tokens`, and leaves the batch.
+
+    Args:
+        model: a causal LM in eval mode (its device is used).
+        prompt_ids (`list[list[int]]`): B tokenized prompts (non-empty).
+        seeds (`list[int]`): B generator seeds, e.g. ``sample_seed(run_seed, sample_id)``.
+        params (`SamplingParams`): the law and the lengths.
+        eos_token_ids (`list[int]`): ids that end a completion (may be empty).
+        pad_token_id (`int`): fills the left padding of the prompts.
+        store_topk (`int`): keep the model's K most likely ids and log-probs per token (0: off).
+
+    Returns:
+        `list[dict]`: per row ``completion_ids``, ``teacher_logprob``, ``sampling_logprob``, ``mean_selectivity``,
+        ``finished`` (and ``topk_ids``, ``topk_logprobs``).
+    """
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompt_ids, pad_token_id)  # every row's next token sits at the same column
+    position = (mask.cumsum(-1) - 1).clamp_min(0)
+    uniforms = uniform_streams(seeds, params.max_new_tokens)
+    eos_list = sorted({int(e) for e in eos_token_ids})
+    eos = torch.tensor(eos_list, dtype=torch.long)
+    rows, active = _Rows(len(prompt_ids), store_topk), torch.arange(len(prompt_ids))
+    mask, next_pos = mask.to(device), position[:, -1].to(device) + 1
+    logits, cache = _prefill(model, ids.to(device), mask, position.to(device))
+    for step in range(params.max_new_tokens):
+        logits = logits.float()
+        token, sampled_lp, beta = _draw(logits, params, uniforms[active, step], eos_list, step)
+        rows.add(active, token, torch.log_softmax(logits, dim=-1), sampled_lp, beta)
+        keep = ~torch.isin(token.cpu(), eos)
+        if step == params.max_new_tokens - 1 or not keep.any():
+            break
+        if not keep.all():  # finished rows leave the batch: the cache, the mask and the positions shrink with it
+            kept = keep.nonzero().squeeze(-1)
+            cache.reorder_cache(kept.to(device))
+            active, token, mask, next_pos = active[kept], token[kept.to(device)], mask[kept.to(device)], next_pos[kept]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+        logits = _decode_step(model, token, cache, mask, next_pos)
+        next_pos = next_pos + 1
+    return rows.finish(set(eos_list))
