@@ -83,23 +83,25 @@ def assert_follows(first_tokens: list[int], probs: torch.Tensor) -> None:
     assert p_value > 1e-3, (p_value, counts[support].tolist(), expected.tolist())
 
 
-def test_trainer_teacher_sampling_follows_the_law(tmp_path, tokenizer, teacher, anchor):
-    student = make_llama(len(tokenizer), seed=1)
-    config = {"per_device_train_batch_size": 4, "report_to": "none", "completion_source": "teacher"}
+def teacher_trainer(tmp_path, tokenizer, teacher, **config) -> DistillationTrainer:
+    """A trainer whose completions the teacher samples (nll loss: only the sampling matters here)."""
+    config = {"max_completion_length": 4, **config}
     args = DistillationConfig(
         str(tmp_path),
-        max_completion_length=1,
-        temperature=T,
-        selectivity=BETA,
-        top_k=TOP_K,
-        top_p=TOP_P,
+        per_device_train_batch_size=4,
+        report_to="none",
         loss_type="nll",
+        completion_source="teacher",
         **config,
     )
     data = Dataset.from_dict({"prompt": [PROMPT] * 4})
-    trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tokenizer
-    )
+    student = make_llama(len(tokenizer), seed=1)
+    return DistillationTrainer(student, teacher, args, train_dataset=data, processing_class=tokenizer)
+
+
+def test_trainer_teacher_sampling_follows_the_law(tmp_path, tokenizer, teacher, anchor):
+    law = {"temperature": T, "selectivity": BETA, "top_k": TOP_K, "top_p": TOP_P}
+    trainer = teacher_trainer(tmp_path, tokenizer, teacher, max_completion_length=1, **law)
     out = trainer._generate_and_score_completions([{"prompt": PROMPT}] * N)
     prompt = out["prompt_ids"][0][out["prompt_mask"][0].bool()].tolist()
     assert prompt == tokenizer(PROMPT)["input_ids"]
@@ -218,18 +220,7 @@ def test_min_new_tokens_masks_eos(tokenizer, eos_teacher):
 
 def test_trainer_honours_min_new_tokens_and_refuses_other_settings(tmp_path, tokenizer, eos_teacher):
     def build(**config):
-        args = DistillationConfig(
-            str(tmp_path),
-            per_device_train_batch_size=4,
-            report_to="none",
-            loss_type="nll",
-            completion_source="teacher",
-            max_completion_length=4,
-            **config,
-        )
-        data = Dataset.from_dict({"prompt": [PROMPT] * 4})
-        student = make_llama(len(tokenizer), seed=1)
-        return DistillationTrainer(student, eos_teacher, args, train_dataset=data, processing_class=tokenizer)
+        return teacher_trainer(tmp_path, tokenizer, eos_teacher, **config)
 
     trainer = build(generation_kwargs={"min_new_tokens": 2})
     out = trainer._generate_and_score_completions([{"prompt": PROMPT}] * 40)
@@ -246,19 +237,7 @@ def test_trainer_samples_are_reproducible_per_step(tmp_path, tokenizer, teacher)
     """The same seed and step redraw the same completions (a resumed run); another step draws others."""
 
     def draw(step, seed=0):
-        args = DistillationConfig(
-            str(tmp_path),
-            per_device_train_batch_size=4,
-            report_to="none",
-            loss_type="nll",
-            completion_source="teacher",
-            max_completion_length=4,
-            seed=seed,
-        )
-        data = Dataset.from_dict({"prompt": [PROMPT] * 4})
-        trainer = DistillationTrainer(
-            make_llama(len(tokenizer), seed=1), teacher, args, train_dataset=data, processing_class=tokenizer
-        )
+        trainer = teacher_trainer(tmp_path, tokenizer, teacher, seed=seed)
         trainer.state.global_step = step
         torch.manual_seed(step + 100)  # the global RNG does not matter
         return trainer._generate_and_score_completions([{"prompt": PROMPT}] * 16)["completion_ids"].tolist()
