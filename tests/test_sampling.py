@@ -8,6 +8,7 @@ and never fall outside the top-k / top-p set.
 
 import copy
 import math
+import zlib
 
 import pytest
 import torch
@@ -153,14 +154,18 @@ def test_metrics_sampling_follows_the_law(tokenizer, teacher, anchor):
 @pytest.mark.parametrize("selectivity", [0.5, 1.0, 3.0])
 @pytest.mark.parametrize("top_k, top_p", [(None, None), (5, None), (None, 0.7), (12, 0.9), (1, 0.5), (60, 0.99)])
 def test_warp_logits_equals_transformers_warpers(temperature, selectivity, top_k, top_p):
-    gen = torch.Generator().manual_seed(hash((temperature, selectivity, top_k, top_p)) % 2**31)
-    logits = 3 * torch.randn(16, 50, generator=gen)
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((temperature, selectivity, top_k, top_p)).encode()))
+    logits = 3 * torch.randn(16, 50, generator=gen, dtype=torch.float64)
     params = SamplingParams(temperature=temperature, selectivity=selectivity, top_k=top_k, top_p=top_p)
     ours = warp_logits(logits, params)
-    ref = reference_log_probs(logits.double(), temperature / selectivity, top_k, top_p)
+    ref = reference_log_probs(logits, temperature / selectivity, top_k, top_p)
     assert torch.equal(torch.isinf(ours), torch.isinf(ref))  # the same ids removed
     finite = ~torch.isinf(ref)
-    torch.testing.assert_close(ours[finite].double(), ref[finite], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ours[finite], ref[finite], atol=1e-6, rtol=1e-6)
+    # in float32 (the decode loop's precision) the same ids are removed, up to float32 rounding of the logits
+    ours32 = warp_logits(logits.float(), params)
+    assert torch.equal(torch.isinf(ours32), torch.isinf(ref))
+    torch.testing.assert_close(ours32[finite].double(), ref[finite], atol=1e-4, rtol=1e-5)
 
 
 def test_warp_logits_greedy_is_the_argmax():

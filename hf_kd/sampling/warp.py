@@ -65,10 +65,10 @@ def warp_logits(logits: torch.Tensor, params: SamplingParams, return_selectivity
         return_selectivity (`bool`): also return the betas used.
 
     Returns:
-        `torch.Tensor` of shape `(B, V)`: float32 log-probabilities (``-inf`` on removed ids), and with
-        `return_selectivity` the betas `(B,)` in float64.
+        `torch.Tensor` of shape `(B, V)`: log-probabilities (``-inf`` on removed ids) in float32, or float64 for
+        float64 logits; with `return_selectivity` also the betas `(B,)` in float64.
     """
-    z = logits.float()
+    z = logits if logits.dtype == torch.float64 else logits.float()
     rows = z.shape[0]
     if params.greedy:
         log_s = torch.full_like(z, -float("inf")).scatter(-1, z.argmax(-1, keepdim=True), 0.0)
