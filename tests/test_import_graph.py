@@ -1,6 +1,6 @@
 """The layering of hf_kd, read from the source with `ast` (nothing is imported):
 
-math (sharpening, losses, lm_heads, target_entropy, topk) <- sampling <- metrics, generation <- trainer,
+math (sharpening, divergences, losses, lm_heads, target_entropy, topk) <- sampling <- metrics, generation <- trainer,
 and the toy models' files stand alone (``save_pretrained`` copies them next to the weights for remote code).
 
 Rules hold for everything a module reaches through its imports, not only its own import lines. The package root
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "hf_kd"
-MATH = {f"hf_kd.{m}" for m in ("sharpening", "losses", "lm_heads", "target_entropy", "topk")}
+MATH = {f"hf_kd.{m}" for m in ("sharpening", "divergences", "losses", "lm_heads", "target_entropy", "topk")}
 TRAINER = {f"hf_kd.{m}" for m in ("distillation_trainer", "distillation_config", "trainer_checks", "completions")}
 
 
