@@ -76,9 +76,9 @@ def ours(model, tokenizer, num_samples: int, max_new_tokens: int, batch_size: in
 
 def timed_vllm_engines(starts: list[float]) -> None:
     """Record in `starts` the seconds each vLLM engine takes to start, so the vLLM row can leave them out."""
-    from hf_kd import generation
+    from hf_kd.generation import backends
 
-    build = generation._vllm_engine
+    build = backends.vllm_engine
 
     def timed(*args, **kwargs):
         start = time.perf_counter()
@@ -86,7 +86,7 @@ def timed_vllm_engines(starts: list[float]) -> None:
         starts.append(time.perf_counter() - start)
         return engine
 
-    generation._vllm_engine = timed
+    backends.vllm_engine = timed
 
 
 def run(quick: bool = False, threads: int | None = None, vllm: bool = False) -> dict:

@@ -17,7 +17,7 @@ pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 # hf_kd's other dependencies; hf_kd itself runs from this source tree (PYTHONPATH), not installed: its metadata asks
 # for the newer transformers, and the vLLM backend is what is tested here, with the transformers vLLM chose.
 pip install -q "trl==1.16.*" "peft>=0.21,<0.22" "datasets>=4.0" "accelerate>=1.10" "evaluate==0.4.6" jinja2 pyyaml \
-    tqdm matplotlib "pytest>=8"
+    tqdm matplotlib scipy "pytest>=8"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_KD_VLLM_TESTS=1
 python -c "import vllm, transformers; print(f'vLLM {vllm.__version__}, transformers {transformers.__version__}')"
 python -m pytest -m vllm -q tests/test_generation_vllm.py

@@ -241,3 +241,13 @@ def test_student_trains_on_the_vllm_dataset(tmp_path, straight):
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 2 and all(math.isfinite(x) and x > 0 for x in losses)
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_vllm_takes_the_device_index_the_backend_gives():
+    """`hf_kd.generation.backends.vllm_engine` picks a rank's GPU with vLLM's own `device_ids` engine argument
+    instead of rewriting the process-global CUDA_VISIBLE_DEVICES: the argument exists in this vLLM."""
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    assert "device_ids" in {f.name for f in dataclasses.fields(EngineArgs)}

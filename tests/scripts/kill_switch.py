@@ -3,11 +3,11 @@
 import os
 import signal
 
-from hf_kd import generation
+from hf_kd.generation import schema
 
 
 def kill_before_shard(n: int) -> None:
-    """Patch `hf_kd.generation`'s `os.replace` (this process only) to SIGKILL before the n-th shard (0-based) lands.
+    """Patch `os.replace` (as `hf_kd.generation.schema` calls it; this process only) to SIGKILL before shard n lands.
 
     The shard's temporary file is left behind, as a real preemption would leave it.
     """
@@ -20,4 +20,4 @@ def kill_before_shard(n: int) -> None:
             written.append(dst)
         return real_replace(src, dst)
 
-    generation.os.replace = replace_or_die  # the module's `os` is the os module: patched for this process only
+    schema.os.replace = replace_or_die  # the module's `os` is the os module: patched for this process only
