@@ -61,6 +61,42 @@ def _length_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: i
     return batches
 
 
+def _padded_batch(sequences, starts, pad_token_id: int):
+    """Right-padded inputs `(B, W)`, targets `(B, W)`, attention mask and scored positions for `sequences` minus
+    their last token (``W = max length - 1``; position t predicts token t + 1)."""
+    width = len(sequences[0]) - 1  # sequences come longest first
+    ids = torch.full((len(sequences), width + 1), pad_token_id, dtype=torch.long)
+    scored = torch.zeros(len(sequences), width, dtype=torch.bool)
+    for r, (seq, start) in enumerate(zip(sequences, starts)):
+        ids[r, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        scored[r, start - 1 : len(seq) - 1] = True
+    mask = (torch.arange(width)[None, :] < torch.tensor([len(seq) - 1 for seq in sequences])[:, None]).long()
+    return ids[:, :-1], ids[:, 1:], mask, scored
+
+
+def _score_batch(model, split, sequences, starts, pad_token_id: int, head_chunk_tokens: int, device) -> torch.Tensor:
+    """Sum of the scored tokens' log-probabilities of one length batch, float64 `(B,)` on `device`."""
+    inputs, targets, mask, scored = (t.to(device) for t in _padded_batch(sequences, starts, pad_token_id))
+    seg = torch.arange(len(sequences), device=device)[:, None].expand_as(scored)[scored]
+    tgt = targets[scored]
+    if split is None:
+        logits = model(input_ids=inputs, attention_mask=mask).logits[scored].float()
+        chunks = [(logits, tgt, seg)]
+    else:
+        backbone, head_fn = split
+        hidden = backbone(input_ids=inputs, attention_mask=mask).last_hidden_state[scored]
+        step = head_chunk_tokens
+        chunks = (
+            (head_fn(hidden[c : c + step]), tgt[c : c + step], seg[c : c + step])
+            for c in range(0, hidden.shape[0], step)
+        )
+    out = torch.zeros(len(sequences), dtype=torch.float64, device=device)
+    for logits, t, s in chunks:
+        logp = logits.gather(-1, t[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        out.index_add_(0, s, logp.double())
+    return out
+
+
 @torch.no_grad()
 def score_token_sequences(
     model,
@@ -109,34 +145,15 @@ def score_token_sequences(
     batches = _length_batches([len(sequences[i]) - 1 for i in todo], batch_size, max_batch_tokens)
     for batch in tqdm(batches, desc="scoring", disable=not progress, leave=False):
         rows = [todo[j] for j in batch]
-        width = len(sequences[rows[0]]) - 1
-        ids = torch.full((len(rows), width + 1), pad_token_id, dtype=torch.long)
-        scored = torch.zeros(len(rows), width, dtype=torch.bool)
-        for r, i in enumerate(rows):
-            seq = sequences[i]
-            ids[r, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-            scored[r, starts[i] - 1 : len(seq) - 1] = True  # position t predicts token t + 1
-        inputs, targets = ids[:, :-1].to(device), ids[:, 1:].to(device)
-        mask = (torch.arange(width)[None, :] < torch.tensor([len(sequences[i]) - 1 for i in rows])[:, None]).long()
-        scored, mask = scored.to(device), mask.to(device)
-        seg = torch.arange(len(rows), device=device)[:, None].expand_as(scored)[scored]
-        tgt = targets[scored]
-        if split is None:
-            logits = model(input_ids=inputs, attention_mask=mask).logits[scored].float()
-            chunks = [(logits, tgt, seg)]
-        else:
-            backbone, head_fn = split
-            hidden = backbone(input_ids=inputs, attention_mask=mask).last_hidden_state[scored]
-            step = head_chunk_tokens
-            chunks = (
-                (head_fn(hidden[c : c + step]), tgt[c : c + step], seg[c : c + step])
-                for c in range(0, hidden.shape[0], step)
-            )
-        out = torch.zeros(len(rows), dtype=torch.float64, device=device)
-        for logits, t, s in chunks:
-            logp = logits.gather(-1, t[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-            out.index_add_(0, s, logp.double())
-        totals[rows] = out.cpu()
+        totals[rows] = _score_batch(
+            model,
+            split,
+            [sequences[i] for i in rows],
+            [starts[i] for i in rows],
+            pad_token_id,
+            head_chunk_tokens,
+            device,
+        ).cpu()
     return totals, units
 
 
