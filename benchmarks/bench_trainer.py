@@ -1,14 +1,24 @@
 """hf_kd.DistillationTrainer (selectivity=2) vs trl.DistillationTrainer: step time and peak memory on CPU.
 
 Teacher: SmolLM2-135M-Instruct (real weights, from hf_kd.offline.smollm2_135m_instruct()); student: its first 6 layers.
-Batch 4, exactly 32 completion tokens (min_new_tokens=32), on-policy (student) completions, TRL's default loss
-(generalized JSD with beta=1, i.e. reverse KL) for both; ours also sharpens the teacher with selectivity=2 and logs the
-extra entropy metrics. Each trainer runs in its own process so that peak memory is its own.
+Batch 4, exactly 32 completion tokens (min_new_tokens=32), TRL's default loss (generalized JSD with beta=1, i.e.
+reverse KL) for both. Two completion sources, each against its TRL baseline on the same models and prompts:
 
-    HF_KD_SMOLLM2_DIR=/work/smollm2 python benchmarks/bench_trainer.py [--quick]
+- ``student`` (on-policy): `trl.DistillationTrainer` as it is vs hf_kd with ``selectivity=2``.
+- ``teacher`` (the teacher samples): TRL cannot do this itself, so the baseline is what a TRL user would write: a
+  `trl.DistillationTrainer` whose ``_generate_single_turn`` runs TRL's own generation code on the teacher
+  (``model.generate`` at temperature 1/2, the law hf_kd samples at selectivity 2) vs hf_kd with
+  ``completion_source="teacher"``.
 
-Writes benchmarks/results/bench_trainer[_quick].json. Targets: step time ratio <= 1.05 (process CPU time / threads per
-step, robust to other jobs on a shared machine; wall-clock kept too), peak memory ratio <= 1.05.
+Every (source, trainer) pair runs in its own process (peak memory is its own), in rounds that interleave the
+trainers, so a drift of the machine hits both alike. The first step of each run is the warm-up (model and kernel
+start-up; hf_kd has no compile step on CPU: see hf_kd/fast_decode.py) and is reported separately, then amortised over
+`AMORTISE_STEPS` steps. Run it alone: other jobs on the two cores make torch's threads spin.
+
+    python benchmarks/bench_trainer.py [--quick]
+
+Writes benchmarks/results/bench_trainer[_quick].json. Targets (issue 18): median step time ratio <= 0.67, peak
+memory ratio <= 1.05, for both sources.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import statistics
 import tempfile
 import time
@@ -25,7 +36,10 @@ from memory import PeakMemory, fix_mmap_threshold  # benchmarks/ is on sys.path 
 from report import row
 
 RESULTS = Path(__file__).parent / "results"
-BATCH, COMPLETION_TOKENS, STUDENT_LAYERS = 4, 32, 6
+BATCH, COMPLETION_TOKENS, STUDENT_LAYERS, SELECTIVITY = 4, 32, 6, 2.0
+AMORTISE_STEPS = 100
+SOURCES = ("student", "teacher")
+TARGET_TIME, TARGET_MEMORY = 0.67, 1.05
 
 
 def _load(model_dir: str):
@@ -41,25 +55,34 @@ def _load(model_dir: str):
     return student, teacher, tokenizer
 
 
-def _worker(kind: str, steps: int, model_dir: str, queue) -> None:
-    fix_mmap_threshold()  # RSS then tracks live tensors, not glibc heap fragmentation (same for both trainers)
-    import torch
+def _trainer(kind: str, source: str, steps: int, model_dir: str):
     import trl
     from datasets import Dataset
-    from transformers import TrainerCallback
 
     import hf_kd.distillation_config as kd_config
     import hf_kd.distillation_trainer as kd_trainer
 
-    torch.manual_seed(0)
+    class TeacherSampledTRL(trl.DistillationTrainer):
+        """TRL's generation code run on the teacher: what a TRL user writes to train on teacher samples."""
+
+        def _generate_single_turn(self, *args, **kwargs):
+            student, self.model_wrapped = self.model_wrapped, self.teacher_model
+            try:
+                return super()._generate_single_turn(*args, **kwargs)
+            finally:
+                self.model_wrapped = student
+
     student, teacher, tokenizer = _load(model_dir)
     topics = ["the sea", "a cat", "mountains", "coffee", "the moon", "rain", "a city", "music"]
     prompts = [[{"role": "user", "content": f"Write one sentence about {t}."}] for t in topics]
     data = Dataset.from_dict({"prompt": (prompts * steps)[: BATCH * steps]})
+    generation = {"min_new_tokens": COMPLETION_TOKENS}  # every step scores exactly 32 tokens per row
+    if kind == "trl" and source == "teacher":
+        generation["temperature"] = 1.0 / SELECTIVITY  # the law hf_kd's teacher samples at selectivity 2
     common = dict(
         per_device_train_batch_size=BATCH,
         max_completion_length=COMPLETION_TOKENS,
-        generation_kwargs={"min_new_tokens": COMPLETION_TOKENS},  # every step scores exactly 32 tokens per row
+        generation_kwargs=generation,
         max_steps=steps,
         logging_steps=1,
         save_strategy="no",
@@ -72,14 +95,20 @@ def _worker(kind: str, steps: int, model_dir: str, queue) -> None:
     out_dir = tempfile.mkdtemp()
     if kind == "trl":
         args = trl.DistillationConfig(out_dir, gradient_checkpointing=False, **common)
-        trainer_cls = trl.DistillationTrainer
+        trainer_cls = TeacherSampledTRL if source == "teacher" else trl.DistillationTrainer
     else:
-        args = kd_config.DistillationConfig(out_dir, selectivity=2.0, **common)
+        args = kd_config.DistillationConfig(out_dir, selectivity=SELECTIVITY, completion_source=source, **common)
         trainer_cls = kd_trainer.DistillationTrainer
-    trainer = trainer_cls(
-        model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tokenizer
-    )
+    return trainer_cls(model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tokenizer)
 
+
+def _worker(kind: str, source: str, steps: int, model_dir: str, queue) -> None:
+    fix_mmap_threshold()  # RSS then tracks live tensors, not glibc heap fragmentation (same for both trainers)
+    import torch
+    from transformers import TrainerCallback
+
+    torch.manual_seed(0)
+    trainer = _trainer(kind, source, steps, model_dir)
     times: list[float] = []
     cpu_times: list[float] = []
 
@@ -94,109 +123,127 @@ def _worker(kind: str, steps: int, model_dir: str, queue) -> None:
     trainer.add_callback(Timer())
     with PeakMemory(interval=0.005) as mem:
         trainer.train()
-    import resource
-
     logs = [h for h in trainer.state.log_history if "loss" in h]
     queue.put(
         {
             "kind": kind,
+            "source": source,
             "step_times_s": times,
             "step_cpu_times_s": cpu_times,
-            "rss_before_train_mb": mem.start / 2**20,
             "peak_rss_mb": mem.peak / 2**20,
             "train_peak_increase_mb": mem.peak_extra / 2**20,
-            "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "losses": [h["loss"] for h in logs],
             "completion_mean_length": [h.get("completions/mean_length") for h in logs],
         }
     )
 
 
-def _run_one(kind: str, steps: int, model_dir: str) -> dict:
+def _run_one(kind: str, source: str, steps: int, model_dir: str) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(kind, steps, model_dir, queue))
+    proc = ctx.Process(target=_worker, args=(kind, source, steps, model_dir, queue))
     proc.start()
     result = queue.get(timeout=3600)
     proc.join()
     return result
 
 
+def _summary(runs: list[dict]) -> dict:
+    """Median step (steps after the first), warm-up (first steps), and the amortised step over AMORTISE_STEPS."""
+    step = statistics.median(t for r in runs for t in r["step_times_s"][1:])
+    warm = statistics.median(r["step_times_s"][0] for r in runs)
+    return {
+        "median_step_s": step,
+        "median_step_cpu_s": statistics.median(t for r in runs for t in r["step_cpu_times_s"][1:]),
+        "warmup_step_s": warm,
+        "amortised_step_s": (warm + (AMORTISE_STEPS - 1) * step) / AMORTISE_STEPS,
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+    }
+
+
+def _compare(ours: dict, base: dict) -> dict:
+    return {
+        "hf_kd": ours,
+        "trl": base,
+        "step_time_ratio": ours["median_step_s"] / base["median_step_s"],
+        "step_cpu_time_ratio": ours["median_step_cpu_s"] / base["median_step_cpu_s"],
+        "amortised_step_time_ratio": ours["amortised_step_s"] / base["amortised_step_s"],
+        "peak_memory_ratio": ours["peak_rss_mb"] / base["peak_rss_mb"],
+    }
+
+
 def run(quick: bool = False, model_dir: str | None = None) -> dict:
-    """Benchmark both trainers (alternating processes) and return the figures and ratios (also written as JSON)."""
+    """Benchmark both trainers on both sources (interleaved processes); return figures and ratios (also as JSON)."""
     from hf_kd.offline import smollm2_135m_instruct  # honours $HF_KD_SMOLLM2_DIR
 
     model_dir = str(smollm2_135m_instruct(model_dir))
-    steps, rounds = (7, 1) if quick else (8, 2)  # the first step of each run is a warm-up and is not timed
-    runs = {"trl": [], "hf_kd": []}
-    for _ in range(rounds):
-        for kind in ("trl", "hf_kd"):
-            runs[kind].append(_run_one(kind, steps, model_dir))
-            last = runs[kind][-1]
-            print(f"{kind}: steps {[round(t, 2) for t in last['step_times_s']]} s wall, "
-                  f"{[round(t, 2) for t in last['step_cpu_times_s']]} s CPU / threads", flush=True)  # fmt: skip
-
-    def step_time(kind, key="step_cpu_times_s"):
-        return statistics.median(t for r in runs[kind] for t in r[key][1:])
-
-    def peak(kind, key):
-        return max(r[key] for r in runs[kind])
-
+    steps, rounds = (4, 2) if quick else (8, 3)  # the first step of each run is its warm-up
+    runs = {(s, k): [] for s in SOURCES for k in ("trl", "hf_kd")}
+    load = os.getloadavg()[0]
+    for r in range(rounds):
+        for source in SOURCES:
+            for kind in ("trl", "hf_kd") if r % 2 == 0 else ("hf_kd", "trl"):
+                last = _run_one(kind, source, steps, model_dir)
+                runs[(source, kind)].append(last)
+                print(f"round {r + 1} {source:7s} {kind:5s}: steps {[round(t, 2) for t in last['step_times_s']]} s")
     result = {
         "setup": {
-            "teacher": "SmolLM2-135M-Instruct",
+            "teacher": "SmolLM2-135M-Instruct (float32)",
             "student": f"first {STUDENT_LAYERS} layers of the teacher",
             "batch": BATCH,
             "completion_tokens": COMPLETION_TOKENS,
-            "device": "cpu",
+            "selectivity": SELECTIVITY,
+            "steps_per_run": steps,
+            "rounds": rounds,
+            "amortised_over_steps": AMORTISE_STEPS,
             "torch_threads": __import__("torch").get_num_threads(),
-            "timed_steps_per_run": steps - 1,
-            "runs_per_trainer": rounds,
-            "ours": "selectivity=2, completion_source='student', loss_type='generalized_jsd' (beta=1)",
+            "load_average_before": load,
+            "load_average_after": os.getloadavg()[0],
+            "fast_decode": os.environ.get("HF_KD_FAST_DECODE", "auto"),
         },
-        # Process CPU time / threads per step, as bench_scoring: other jobs on a shared machine stretch wall-clock
-        # steps unevenly (measured: the same trainer's wall steps ranged 5.9-31.7 s in one run); wall kept below.
-        "timing": "process CPU time / torch threads per step (median of steps after the first)",
-        "trl_step_s": step_time("trl"),
-        "hf_kd_step_s": step_time("hf_kd"),
-        "step_time_ratio": step_time("hf_kd") / step_time("trl"),
-        "trl_step_wall_s": step_time("trl", "step_times_s"),
-        "hf_kd_step_wall_s": step_time("hf_kd", "step_times_s"),
-        "step_wall_time_ratio": step_time("hf_kd", "step_times_s") / step_time("trl", "step_times_s"),
-        "trl_peak_rss_mb": peak("trl", "peak_rss_mb"),
-        "hf_kd_peak_rss_mb": peak("hf_kd", "peak_rss_mb"),
-        "peak_memory_ratio": peak("hf_kd", "peak_rss_mb") / peak("trl", "peak_rss_mb"),
-        "train_peak_increase_ratio": peak("hf_kd", "train_peak_increase_mb") / peak("trl", "train_peak_increase_mb"),
-        "runs": runs,
+        "timing": "wall-clock per optimizer step; median of the steps after each run's first",
+        **{s: _compare(_summary(runs[(s, "hf_kd")]), _summary(runs[(s, "trl")])) for s in SOURCES},
+        "runs": {f"{s}/{k}": v for (s, k), v in runs.items()},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"bench_trainer{'_quick' if quick else ''}.json"
     path.write_text(json.dumps(result, indent=2))
-    print(
-        f"step time: trl {result['trl_step_s']:.3f} s, hf_kd {result['hf_kd_step_s']:.3f} s, "
-        f"ratio {result['step_time_ratio']:.3f} (target <= 1.05; CPU time / threads; wall-clock ratio "
-        f"{result['step_wall_time_ratio']:.3f})\n"
-        f"peak RSS: trl {result['trl_peak_rss_mb']:.0f} MiB, hf_kd {result['hf_kd_peak_rss_mb']:.0f} MiB, "
-        f"ratio {result['peak_memory_ratio']:.3f} (target <= 1.05); training-phase increase ratio "
-        f"{result['train_peak_increase_ratio']:.3f}\nwritten to {path}"
-    )
+    for s in SOURCES:
+        c = result[s]
+        print(
+            f"{s}: step trl {c['trl']['median_step_s']:.3f} s, hf_kd {c['hf_kd']['median_step_s']:.3f} s, ratio "
+            f"{c['step_time_ratio']:.3f} (target <= {TARGET_TIME}); warm-up step {c['hf_kd']['warmup_step_s']:.2f} s "
+            f"vs {c['trl']['warmup_step_s']:.2f} s; amortised over {AMORTISE_STEPS} steps "
+            f"{c['amortised_step_time_ratio']:.3f}; peak RSS ratio {c['peak_memory_ratio']:.3f} (target <= "
+            f"{TARGET_MEMORY})"
+        )
+    print(f"written to {path}")
     return result
 
 
 def headline(result: dict) -> list[dict]:
-    """Step time and peak RSS vs trl.DistillationTrainer (targets: both ratios <= 1.05)."""
-    r = result
-    return [
-        row("trainer", "median step CPU time / threads, hf_kd (selectivity 2) vs trl", r["hf_kd_step_s"],
-            r["trl_step_s"], r["step_time_ratio"], "ratio <= 1.05", r["step_time_ratio"] <= 1.05, "s"),
-        row("trainer", "peak RSS of the training process, hf_kd vs trl", r["hf_kd_peak_rss_mb"], r["trl_peak_rss_mb"],
-            r["peak_memory_ratio"], "ratio <= 1.05", r["peak_memory_ratio"] <= 1.05, "MiB"),
-    ]  # fmt: skip
+    """Per source: median step time and peak RSS of hf_kd vs the TRL baseline."""
+    rows = []
+    for s in SOURCES:
+        c = result[s]
+        what = "on-policy (student samples)" if s == "student" else "teacher samples"
+        time_ok, mem_ok = c["step_time_ratio"] <= TARGET_TIME, c["peak_memory_ratio"] <= TARGET_MEMORY
+        t_ours, t_base = c["hf_kd"]["median_step_s"], c["trl"]["median_step_s"]
+        m_ours, m_base = c["hf_kd"]["peak_rss_mb"], c["trl"]["peak_rss_mb"]
+        ratio = c["step_time_ratio"]
+        rows.append(
+            row("trainer", f"median step, {what}, vs trl", t_ours, t_base, ratio, f"<= {TARGET_TIME}", time_ok, "s")
+        )
+        ratio = c["peak_memory_ratio"]
+        rows.append(
+            row("trainer", f"peak RSS, {what}, vs trl", m_ours, m_base, ratio, f"<= {TARGET_MEMORY}", mem_ok, "MiB")
+        )
+    return rows
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one run of 7 steps per trainer (a few minutes)")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 4 steps per trainer and source")
     parser.add_argument("--model-dir", default=None, help="default: hf_kd.offline.smollm2_135m_instruct()")
     cli = parser.parse_args()
     run(quick=cli.quick, model_dir=cli.model_dir)

@@ -10,6 +10,7 @@ from trl.models.utils import unwrap_model_for_generation
 
 from .completions import TeacherSampler, dataset_completion_ids, draw_source, tokenize_completions
 from .distillation_config import DistillationConfig
+from .fast_decode import fast_decode
 from .lm_heads import head_weight_and_bias, logit_postprocessing
 from .losses import chunked_distillation_loss, default_chunk_size, logit_postprocess
 from .resume import EpochSeededRepeatSampler, last_complete_checkpoint
@@ -275,7 +276,9 @@ class DistillationTrainer(trl.DistillationTrainer):
                 key = (mode, self.state.global_step, self.accelerator.process_index)
                 ids = {"eos_token_ids": self.eos_token_ids, "pad_token_id": self._tokenizer.pad_token_id}
                 return self._sample_teacher(teacher, prompt_ids, key, **ids)
-        return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
+        # On-policy: TRL's own sampling (same processors, same RNG), its decode steps on the fast kernels.
+        with fast_decode(self.accelerator.unwrap_model(self.model), "on-policy student sampling"):
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
 
     # ------------------------------------------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

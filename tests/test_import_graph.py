@@ -1,6 +1,6 @@
 """The layering of hf_kd, read from the source with `ast` (nothing is imported):
 
-math (sharpening, divergences, losses, lm_heads, target_entropy, topk) <- sampling <- metrics, generation <- trainer,
+math and kernels (sharpening, divergences, losses, lm_heads, target_entropy, topk, fast_decode) <- sampling <- metrics, generation <- trainer,
 and the toy models' files stand alone (``save_pretrained`` copies them next to the weights for remote code).
 
 Rules hold for everything a module reaches through its imports, not only its own import lines. The package root
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "hf_kd"
-MATH = {f"hf_kd.{m}" for m in ("sharpening", "divergences", "losses", "lm_heads", "target_entropy", "topk")}
+MATH_MODULES = ("sharpening", "divergences", "losses", "lm_heads", "target_entropy", "topk", "fast_decode")
+MATH = {f"hf_kd.{m}" for m in MATH_MODULES}
 TRAINER = {f"hf_kd.{m}" for m in ("distillation_trainer", "distillation_config", "trainer_checks", "completions")}
 
 

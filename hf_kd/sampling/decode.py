@@ -14,6 +14,7 @@ import inspect
 
 import torch
 
+from ..fast_decode import fast_decode
 from .padding import left_pad
 from .params import SamplingParams
 from .warp import mask_eos, warp_logits
@@ -154,6 +155,11 @@ def sample_batch(
         `list[dict]`: per row ``completion_ids``, ``teacher_logprob``, ``sampling_logprob``, ``mean_selectivity``,
         ``finished`` (and ``topk_ids``, ``topk_logprobs``).
     """
+    with fast_decode(model, "sampling"):  # the decode steps on the fast kernels where they are faster (CPUs)
+        return _sample(model, prompt_ids, seeds, params, eos_token_ids, pad_token_id, store_topk)
+
+
+def _sample(model, prompt_ids, seeds, params, eos_token_ids, pad_token_id, store_topk) -> list[dict]:
     device = next(model.parameters()).device
     ids, mask = left_pad(prompt_ids, pad_token_id)  # every row's next token sits at the same column
     position = (mask.cumsum(-1) - 1).clamp_min(0)

@@ -1,0 +1,117 @@
+"""Decoding near the CPU's memory bandwidth: the linear layers of a decode step computed as ``(W @ x^T)^T``.
+
+A decode step multiplies a few rows ``x`` (M = rows still sampling, one token each) by every weight ``W`` (N, K) of the
+model, so it is bound by reading the weights, not by arithmetic. For such skinny inputs the kernel behind
+`torch.nn.functional.linear` (``x @ W^T``) reads ``W`` far below the memory bandwidth on x86 CPUs, while the same
+product written ``W @ x^T`` streams ``W`` once. Measured on the 2-core AMD EPYC where hf_kd is developed (float32,
+SmolLM2-135M shapes, see docs/profile_step.md): the tied 49,152 x 576 head takes 17.8 ms at M = 4 through ``F.linear``
+and 6.6 ms as ``W @ x^T``; at M = 148 and above the two kernels are within 10 %, so larger inputs keep ``F.linear``.
+
+The two forms compute the same sums in a different order: results agree to float rounding (relative ~1e-6), not
+bit for bit, which is why the path is chosen by a fixed rule (device, rows, grad mode), never by timing: a resumed
+run takes the same path as the run it resumes. `torch.compile` of the decode step (static KV cache, inductor) was
+measured slower on this CPU (87 s for the first 32-token batch, ~30 s for later ones, against 1.3 s eager), so
+there is no compiled path here; on CUDA the fast path stays off (cuBLAS has no such gap) and decoding is eager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+from transformers.utils import logging
+
+__all__ = ["MAX_ROWS", "fast_decode", "fast_decode_enabled", "skinny_linear"]
+
+logger = logging.get_logger(__name__)
+
+MAX_ROWS = 64  # measured gain up to M = 64 rows; from M ~ 148 on both kernels are within 10 %
+_ENV = "HF_KD_FAST_DECODE"  # "0"/"off" forces eager decoding, "1"/"on" forces the fast path; unset: automatic
+_logged: set[str] = set()
+
+
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x W^T + b`` computed as ``(W x^T)^T + b``: the same product as `F.linear`, with another kernel.
+
+    Args:
+        x (`torch.Tensor` of shape `(..., K)`): inputs.
+        weight (`torch.Tensor` of shape `(N, K)`): the layer's weight.
+        bias (`torch.Tensor` of shape `(N,)`, *optional*): the layer's bias.
+
+    Returns:
+        `torch.Tensor` of shape `(..., N)`.
+    """
+    rows = x.reshape(-1, x.shape[-1])
+    out = (weight @ rows.T).T
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def fast_decode_enabled(device: torch.device | str) -> bool:
+    """Whether decoding on `device` takes the fast path: ``$HF_KD_FAST_DECODE`` if set, else on CPUs only."""
+    setting = os.environ.get(_ENV, "auto").strip().lower()
+    if setting in ("0", "off", "false", "no"):
+        return False
+    if setting in ("1", "on", "true", "yes"):
+        return True
+    if setting != "auto":
+        raise ValueError(f"${_ENV}={setting!r} is not understood; use 'auto' (default), 'on' or 'off'.")
+    return torch.device(device).type == "cpu"
+
+
+def _skinny_forward(module: torch.nn.Linear):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        w = module.weight
+        rows = x.numel() // max(x.shape[-1], 1)
+        if (
+            rows <= MAX_ROWS
+            and not torch.is_grad_enabled()  # training keeps autograd's own kernels (and their gradients)
+            and x.dim() >= 2
+            and x.dtype == w.dtype
+            and w.dim() == 2
+            and x.shape[-1] == w.shape[1]  # e.g. a ZeRO-3 shard that is not gathered: let nn.Linear handle it
+        ):
+            return skinny_linear(x, w, module.bias)
+        return torch.nn.Linear.forward(module, x)
+
+    return forward
+
+
+def _log_once(message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        logger.info(message)
+
+
+@contextlib.contextmanager
+def fast_decode(model: torch.nn.Module, what: str = "decoding"):
+    """Within the block, `model`'s `nn.Linear` layers compute small no-grad inputs with `skinny_linear`.
+
+    Only layers whose type is exactly `torch.nn.Linear` are switched (quantized or other subclasses keep their own
+    forward), only inputs of at most `MAX_ROWS` rows with autograd off take the fast kernel, and every layer gets its
+    own forward back when the block ends, even on an error. The path taken is logged once per process and `what`.
+
+    Args:
+        model (`torch.nn.Module`): the model that decodes (unwrapped; its parameters' device decides).
+        what (`str`): what is decoding, for the log line.
+    """
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    if not fast_decode_enabled(device):
+        _log_once(f"hf_kd {what}: eager decode path on {device.type} (set ${_ENV}=on to force the fast path).")
+        yield
+        return
+    layers = [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in vars(m)]
+    _log_once(
+        f"hf_kd {what}: fast decode path on {device.type}: {len(layers)} linear layers take W @ x^T for inputs of "
+        f"<= {MAX_ROWS} rows (set ${_ENV}=off for the eager path)."
+    )
+    for layer in layers:
+        layer.forward = _skinny_forward(layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward

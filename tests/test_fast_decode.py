@@ -1,0 +1,114 @@
+"""The fast decode path (`hf_kd.fast_decode`) computes what `F.linear` computes, and sampling with it draws the same
+tokens as the eager path for the same seed."""
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_llama
+
+from hf_kd import fast_decode as fd
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (4, 7), (3, 1, 7), (2, 5, 7), (64, 7)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_skinny_linear_matches_float64_product(shape, bias):
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(*shape, generator=g), torch.randn(11, 7, generator=g)
+    b = torch.randn(11, generator=g) if bias else None
+    expected = torch.einsum("...k,nk->...n", x.double(), w.double()) + (b.double() if bias else 0)
+    got = fd.skinny_linear(x, w, b)
+    assert got.shape == (*shape[:-1], 11) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+class _Scaled(torch.nn.Linear):  # a subclass with its own forward (as quantized layers have) must keep it
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def _model():
+    return torch.nn.Sequential(torch.nn.Linear(7, 9), torch.nn.ReLU(), _Scaled(9, 5, bias=False))
+
+
+def test_only_plain_linear_layers_switch_and_all_are_restored():
+    model = _model()
+    x = torch.randn(3, 7)
+    with torch.no_grad():
+        eager = model(x)
+        with fd.fast_decode(model):
+            assert "forward" in vars(model[0]) and "forward" not in vars(model[2])
+            with fd.fast_decode(model):  # nested: the inner block neither re-patches nor unpatches
+                pass
+            assert "forward" in vars(model[0])
+            fast = model(x)
+        assert "forward" not in vars(model[0])
+    torch.testing.assert_close(fast, eager, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="boom"), fd.fast_decode(model):
+        raise RuntimeError("boom")
+    assert "forward" not in vars(model[0])  # restored on an error too
+
+
+def test_grad_mode_and_wide_inputs_keep_the_eager_kernel_bit_for_bit():
+    layer = torch.nn.Linear(7, 9)
+    x_small, x_wide = torch.randn(3, 7, requires_grad=True), torch.randn(fd.MAX_ROWS + 1, 7)
+    with fd.fast_decode(layer):
+        y = layer(x_small)  # autograd on: training keeps F.linear and its gradient
+        with torch.no_grad():
+            wide = layer(x_wide)
+    assert torch.equal(y, F.linear(x_small, layer.weight, layer.bias))
+    y.sum().backward()
+    assert torch.equal(x_small.grad, layer.weight.sum(0).expand(3, 7))
+    assert torch.equal(wide, F.linear(x_wide, layer.weight, layer.bias))
+
+
+def test_environment_switch_and_log(monkeypatch, caplog):
+    layer = torch.nn.Linear(3, 3)
+    monkeypatch.setenv("HF_KD_FAST_DECODE", "off")
+    with fd.fast_decode(layer, "unit-test off"):
+        assert "forward" not in vars(layer)
+    monkeypatch.setenv("HF_KD_FAST_DECODE", "sometimes")
+    with pytest.raises(ValueError, match="HF_KD_FAST_DECODE='sometimes'.*'auto'"), fd.fast_decode(layer):
+        pass
+    monkeypatch.delenv("HF_KD_FAST_DECODE")
+    assert fd.fast_decode_enabled("cpu") and not fd.fast_decode_enabled("meta")
+    logger = logging.getLogger("hf_kd.fast_decode")
+    monkeypatch.setattr(logger, "propagate", True)
+    with caplog.at_level(logging.INFO, logger="hf_kd.fast_decode"), fd.fast_decode(layer, "unit-test on"):
+        pass
+    assert "hf_kd unit-test on: fast decode path on cpu: 1 linear layers" in caplog.text
+
+
+def test_sampling_draws_the_same_tokens_and_log_probs_as_eager(tokenizer, monkeypatch):
+    """Same seed, same model: identical token ids and per-step log-probs within 1e-4 (generate, batch of 4)."""
+    model = make_llama(len(tokenizer), seed=3, hidden=64, layers=2)
+    prompt = torch.tensor([[2, 5, 6], [2, 7, 8], [2, 9, 10], [2, 11, 12]])
+
+    def sample():
+        torch.manual_seed(123)
+        out = model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=True,
+            max_new_tokens=24,
+            min_new_tokens=24,
+            top_k=0,
+            top_p=1.0,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+        )
+        return out.sequences, torch.stack(out.scores, 1).log_softmax(-1)
+
+    calls = []
+    skinny = fd.skinny_linear
+    monkeypatch.setattr(fd, "skinny_linear", lambda *a: calls.append(1) or skinny(*a))
+    eager_ids, eager_lp = sample()
+    assert not calls
+    with fd.fast_decode(model):
+        fast_ids, fast_lp = sample()
+    assert torch.equal(fast_ids, eager_ids)
+    torch.testing.assert_close(fast_lp, eager_lp, rtol=0, atol=1e-4)
+    assert len(calls) >= 23 * 2 * 7  # the fast kernel ran: 7 linear layers per block, 2 blocks, every decode step
