@@ -94,3 +94,16 @@ def markdown(rows: list[dict], info: dict, command: str, wall_s: float) -> str:
             f"{_fmt(r['ratio'])} | {r['target']} | {verdict[r['passed']]} |"
         )
     return "\n".join(lines) + "\n"
+
+
+README_START, README_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+
+
+def readme_with_table(readme: str, table: str, report_path: str) -> str:
+    """`readme` with the text between the benchmark markers replaced by `table` and a link to its report."""
+    if README_START not in readme or README_END not in readme:
+        raise ValueError(f"README.md has no {README_START} ... {README_END} block for the benchmark table.")
+    head, rest = readme.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    block = f"{README_START}\n{table}\nFull figures: [{report_path}]({report_path}).\n{README_END}"
+    return head + block + tail

@@ -6,7 +6,8 @@
 Each benchmark runs in its own Python process (so peak-memory figures are its own, not left over from the one
 before) via ``bench_<name>.run(quick)`` and ``bench_<name>.headline(result)``. The report goes to
 benchmarks/results/<YYYY-MM-DD>.json and .md (``<YYYY-MM-DD>-<name>`` with --only): per headline figure hf_kd's
-value, the baseline's, their ratio, the issue's target and pass/fail, and the machine. The table is also printed.
+value, the baseline's, their ratio, the issue's target and pass/fail, and the machine. The table is also printed, and
+a --quick run of every benchmark writes it into README.md between its benchmark markers.
 A benchmark that crashes is reported as such and the others still run. The SmolLM2-135M-Instruct checkpoint comes
 from `hf_kd.offline.smollm2_135m_instruct` (set $HF_KD_SMOLLM2_DIR to reuse a copy).
 """
@@ -109,6 +110,12 @@ def main(argv: list[str] | None = None) -> dict:
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2))
     title = f"# hf_kd benchmarks, {stem}{' (--quick)' if args.quick else ''}\n\n"
     (RESULTS / f"{stem}.md").write_text(title + table)
+    if args.quick and not args.only:  # README's table is the quick run of every benchmark
+        from report import readme_with_table
+
+        readme = HERE.parent / "README.md"
+        report_path = f"benchmarks/results/{stem}.json"
+        readme.write_text(readme_with_table(readme.read_text(), table, report_path))
     print("\n" + table)
     print(f"written to {RESULTS / stem}.json and .md; wall time {wall / 60:.1f} min")
     return report

@@ -1,5 +1,6 @@
 """README's Python quick start runs as written, with the Hub ids swapped for tiny local models and a tiny budget."""
 
+import json
 import re
 import time
 from pathlib import Path
@@ -7,7 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import make_llama
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
 def quick_start_snippet() -> str:
@@ -116,3 +118,20 @@ def test_readme_cpu_quick_start_runs_as_written(tmp_path, monkeypatch, capsys):
     assert f"precision {scores['precision']:.3f}, recall {scores['recall']:.3f}" in capsys.readouterr().out
     # a gross-regression guard only: on an oversubscribed machine the CPU time of torch's threads inflates too
     assert cpu_minutes < 30, f"README promises minutes on a CPU; it took {cpu_minutes:.1f} CPU minutes"
+
+
+def test_readme_benchmark_table_is_the_committed_quick_report():
+    """README's benchmark table is `run_all.py --quick`'s table of the report it links, figure for figure."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from report import README_END, README_START, markdown, readme_with_table
+
+    readme = README.read_text()
+    block = readme.split(README_START, 1)[1].split(README_END, 1)[0]
+    path = re.search(r"\[(benchmarks/results/[0-9-]+\.json)\]", block).group(1)
+    report = json.loads((ROOT / path).read_text())
+    assert report["quick"] and report["command"] == "python benchmarks/run_all.py --quick"
+    assert {r["benchmark"] for r in report["rows"]} >= {"trainer", "generation"}
+    table = markdown(report["rows"], report["machine"], report["command"], report["wall_s"])
+    assert readme_with_table(readme, table, path) == readme
