@@ -1,7 +1,8 @@
 """The layering of hf_kd, read from the source with `ast` (nothing is imported):
 
-math and kernels (sharpening, divergences, losses, lm_heads, target_entropy, topk, fast_decode) <- sampling <- metrics, generation <- trainer,
-and the toy models' files stand alone (``save_pretrained`` copies them next to the weights for remote code).
+math and kernels (sharpening, divergences, losses, lm_heads, target_entropy, topk, fast_decode) <- sampling <-
+metrics, generation <- trainer, and the toy models' files stand alone (``save_pretrained`` copies them next to the
+weights for remote code).
 
 Rules hold for everything a module reaches through its imports, not only its own import lines. The package root
 ``hf_kd`` (the public facade that re-exports everything) is not followed.
