@@ -10,7 +10,17 @@ import torch
 
 from .sampling import from_generation_config, sample_batch, stream_seed
 
-__all__ = ["TeacherSampler", "dataset_completion_ids", "draw_source", "tokenize_completions"]
+__all__ = [
+    "TEACHER_STATES",
+    "TeacherSampler",
+    "dataset_completion_ids",
+    "draw_source",
+    "pad_states",
+    "reuses_sampling_states",
+    "tokenize_completions",
+]
+
+TEACHER_STATES = "teacher_head_inputs"  # batch key: the teacher's hidden states from its sampling pass
 
 
 def draw_source(probabilities: dict[str, float], seed: int, step: int) -> str:
@@ -68,14 +78,14 @@ class TeacherSampler:
         self.seed = args.seed
         self._calls: dict[tuple, int] = {}
 
-    def __call__(self, model, prompt_ids: list[list[int]], key: tuple, **ids) -> list[list[int]]:
-        """Completion ids per prompt (ending at the first EOS, kept) of `model`, the unwrapped teacher.
+    def __call__(self, model, prompt_ids: list[list[int]], key: tuple, **kwargs) -> list[dict]:
+        """`sample_batch`'s rows for the prompts: ``completion_ids`` (ending at the first EOS, kept) and the rest.
 
         Args:
             model (`PreTrainedModel`): the model that samples (put in eval mode for the call).
             prompt_ids (`list[list[int]]`): tokenized prompts, unpadded.
             key (`tuple`): (mode, global step, process index).
-            ids: ``eos_token_ids`` and ``pad_token_id`` of `sample_batch`.
+            kwargs: ``eos_token_ids``, ``pad_token_id`` and ``return_head_inputs`` of `sample_batch`.
         """
         calls = self._calls.get(key, 0)
         self._calls = {key: calls + 1}
@@ -83,9 +93,30 @@ class TeacherSampler:
         was_training = model.training
         model.eval()
         try:
-            return [row["completion_ids"] for row in sample_batch(model, prompt_ids, seeds, self.params, **ids)]
+            return sample_batch(model, prompt_ids, seeds, self.params, **kwargs)
         finally:
             model.train(was_training)
+
+
+def reuses_sampling_states(teacher, tools) -> bool:
+    """Whether the loss can read the teacher's hidden states from its sampling pass instead of running it again.
+
+    The sampling pass places each row's positions from its first real token; the loss's forward over the
+    left-padded batch (TRL's ``_get_last_hidden_state``, no ``position_ids``) counts them from the padding. The two
+    give the same states, to float rounding, when positions enter only through rotary embeddings (attention then
+    sees relative positions), so reuse needs a rotary teacher; with `tools` a completion is built over several turns.
+    """
+    return (
+        not tools
+        and teacher.get_output_embeddings() is not None
+        and any(name.endswith("rotary_emb") for name, _ in teacher.named_modules())
+    )
+
+
+def pad_states(states: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Per-row states `(T_i, H)` as a `(B, width, H)` batch aligned with the right-padded completions (zeros after)."""
+    batch = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)[:, :width]
+    return torch.nn.functional.pad(batch, (0, 0, 0, width - batch.shape[1]))
 
 
 def tokenize_completions(

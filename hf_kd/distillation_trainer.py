@@ -8,7 +8,15 @@ import torch
 import trl
 from trl.models.utils import unwrap_model_for_generation
 
-from .completions import TeacherSampler, dataset_completion_ids, draw_source, tokenize_completions
+from .completions import (
+    TEACHER_STATES,
+    TeacherSampler,
+    dataset_completion_ids,
+    draw_source,
+    pad_states,
+    reuses_sampling_states,
+    tokenize_completions,
+)
 from .distillation_config import DistillationConfig
 from .fast_decode import fast_decode
 from .lm_heads import head_weight_and_bias, logit_postprocessing
@@ -158,6 +166,9 @@ class DistillationTrainer(trl.DistillationTrainer):
         self.source_probabilities = sources
         if sources.get("teacher", 0) > 0:  # refuses sampling settings hf_kd.sampling does not implement
             self._sample_teacher = TeacherSampler(self.generation_config, args, self.temperature)
+        teacher = self.accelerator.unwrap_model(self.teacher_model) if self.teacher_model is not None else None
+        self._reuse_teacher = sources.get("teacher", 0) > 0 and reuses_sampling_states(teacher, tools)
+        self._pending_teacher_states = None
         self.use_topk = use_topk
         self._source = "student"
         self._pending_dataset = None
@@ -218,6 +229,9 @@ class DistillationTrainer(trl.DistillationTrainer):
         self._source = draw_source(self.source_probabilities, self.args.seed, self.state.global_step)
         self._pending_dataset = inputs if self._source == "dataset" else None
         output = super()._generate_and_score_completions(inputs)
+        states, self._pending_teacher_states = self._pending_teacher_states, None
+        if states is not None and self._source == "teacher":
+            output[TEACHER_STATES] = pad_states(states, output["completion_ids"].shape[1]).to(self.accelerator.device)
         if self._source == "dataset" and self.use_topk and self.args.loss_type != "nll":
             output.update(self._stored_topk(inputs, output["completion_ids"].shape[1]))
         mode = "train" if self.model.training else "eval"
@@ -275,7 +289,10 @@ class DistillationTrainer(trl.DistillationTrainer):
                 mode = "train" if self.model.training else "eval"
                 key = (mode, self.state.global_step, self.accelerator.process_index)
                 ids = {"eos_token_ids": self.eos_token_ids, "pad_token_id": self._tokenizer.pad_token_id}
-                return self._sample_teacher(teacher, prompt_ids, key, **ids)
+                rows = self._sample_teacher(teacher, prompt_ids, key, return_head_inputs=self._reuse_teacher, **ids)
+            if self._reuse_teacher:  # the loss reads the teacher's states from its sampling pass (same numbers)
+                self._pending_teacher_states = [row["head_inputs"] for row in rows]
+            return [row["completion_ids"] for row in rows]
         # On-policy: TRL's own sampling (same processors, same RNG), its decode steps on the fast kernels.
         with fast_decode(self.accelerator.unwrap_model(self.model), "on-policy student sampling"):
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
@@ -332,7 +349,7 @@ class DistillationTrainer(trl.DistillationTrainer):
             self._stash_topk_stats(top_lp, selectivity)
             return loss, self._student_entropy_sum(h_s.detach(), w_s, b_s, post_s), valid.sum()
         else:
-            h_t, w_t, b_t, post_t = self._teacher_head_inputs(forward, multimodal, device, valid)
+            h_t, w_t, b_t, post_t = self._teacher_head_inputs(forward, multimodal, device, valid, inputs)
             selectivity = self._selectivity_for(h_t, w_t, b_t, post_t)
             teacher = dict(teacher_bias=b_t, teacher_logit_scale=post_t.scale)
             teacher["teacher_final_logit_softcapping"] = post_t.softcap
@@ -344,9 +361,10 @@ class DistillationTrainer(trl.DistillationTrainer):
             )
         return loss, stats.get("student_entropy", h_s.new_zeros(())).float(), valid.sum()
 
-    def _teacher_head_inputs(self, forward, multimodal, device, valid):
+    def _teacher_head_inputs(self, forward, multimodal, device, valid, inputs):
         """The teacher's last hidden states at the scored tokens `(N, H_t)`, its head weight and bias, and its logit
-        post-processing; `forward` is ``(input_ids, attention_mask, logits_to_keep)``."""
+        post-processing; `forward` is ``(input_ids, attention_mask, logits_to_keep)``. Teacher-sampled batches carry
+        the states from the sampling pass (`TEACHER_STATES`), so the teacher does not run over them again."""
         unwrapped_teacher = self.accelerator.unwrap_model(self.teacher_model)
         teacher_head = unwrapped_teacher.get_output_embeddings()
         if teacher_head.weight.device != device:  # the loss pairs both heads' logits chunk by chunk
@@ -355,15 +373,18 @@ class DistillationTrainer(trl.DistillationTrainer):
                 f"{teacher_head.weight.device}. Place both on the same device in their `device_map`."
             )
         self.teacher_model.eval()
-        with torch.no_grad():
-            h_t = self._forward_redirection(
-                self.teacher_model,
-                unwrapped_teacher,
-                self._get_last_hidden_state,
-                unwrapped_teacher,
-                *forward,
-                **multimodal,
-            )
+        if TEACHER_STATES in inputs:
+            h_t = inputs[TEACHER_STATES]
+        else:
+            with torch.no_grad():
+                h_t = self._forward_redirection(
+                    self.teacher_model,
+                    unwrapped_teacher,
+                    self._get_last_hidden_state,
+                    unwrapped_teacher,
+                    *forward,
+                    **multimodal,
+                )
         h_t = h_t.to(device)[valid]
         w_t, b_t = head_weight_and_bias(teacher_head, h_t.dtype)
         return h_t, w_t, b_t, logit_postprocessing(unwrapped_teacher)

@@ -8,6 +8,7 @@ as they emit an EOS. The same forward pass gives the teacher's log-probs and top
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -100,8 +101,12 @@ class _Rows:
             for row in self.rows:
                 row["topk_ids"], row["topk_logprobs"] = [], []
 
-    def add(self, active, token, log_p, sampled_lp, beta) -> None:
-        """Append one step for the running rows `active`; `log_p` `(B, V)` is the UNsharpened teacher's."""
+    def add(self, active, token, log_p, sampled_lp, beta, head_inputs=None) -> None:
+        """Append one step for the running rows `active`; `log_p` `(B, V)` is the UNsharpened teacher's and
+        `head_inputs` `(B, H)` (optional) what the output head read to give those logits."""
+        if head_inputs is not None:
+            for j, r in enumerate(active.tolist()):
+                self.rows[r].setdefault("head_inputs", []).append(head_inputs[j])
         teacher_lp = log_p.gather(-1, token[:, None]).squeeze(-1).double().cpu()
         token = token.cpu()
         if self.store_topk:
@@ -119,6 +124,8 @@ class _Rows:
 
     def finish(self, eos: set[int]) -> list[dict]:
         for row in self.rows:
+            if "head_inputs" in row:
+                row["head_inputs"] = torch.stack(row["head_inputs"])
             row["finished"] = bool(row["completion_ids"]) and row["completion_ids"][-1] in eos
             row["mean_selectivity"] = row.pop("beta_sum") / max(len(row["completion_ids"]), 1)
         return self.rows
@@ -134,6 +141,7 @@ def sample_batch(
     eos_token_ids: list[int],
     pad_token_id: int,
     store_topk: int = 0,
+    return_head_inputs: bool = False,
 ) -> list[dict]:
     """Sample one completion per prompt with a KV cache, scoring it as it goes.
 
@@ -150,16 +158,38 @@ def sample_batch(
         eos_token_ids (`list[int]`): ids that end a completion (may be empty).
         pad_token_id (`int`): fills the left padding of the prompts.
         store_topk (`int`): keep the model's K most likely ids and log-probs per token (0: off).
+        return_head_inputs (`bool`): keep, per token, the hidden state the output head read to score it (what a
+            forward over prompt + completion gives at the completion's positions, up to float rounding): the
+            trainer's loss reuses the teacher's instead of running the teacher again.
 
     Returns:
         `list[dict]`: per row ``completion_ids``, ``teacher_logprob``, ``sampling_logprob``, ``mean_selectivity``,
-        ``finished`` (and ``topk_ids``, ``topk_logprobs``).
+        ``finished`` (and ``topk_ids``, ``topk_logprobs``; ``head_inputs`` `(T, H)`).
     """
-    with fast_decode(model, "sampling"):  # the decode steps on the fast kernels where they are faster (CPUs)
-        return _sample(model, prompt_ids, seeds, params, eos_token_ids, pad_token_id, store_topk)
+    heads = _HeadInputs(model) if return_head_inputs else contextlib.nullcontext()
+    # The decode steps on the fast kernels where they are faster (CPUs).
+    with fast_decode(model, "sampling"), heads:
+        return _sample(model, prompt_ids, seeds, params, eos_token_ids, pad_token_id, store_topk, heads)
 
 
-def _sample(model, prompt_ids, seeds, params, eos_token_ids, pad_token_id, store_topk) -> list[dict]:
+class _HeadInputs:
+    """Context manager: ``last`` is the `(B, H)` last-position input of the model's output head at its latest call."""
+
+    def __init__(self, model):
+        self.head = model.get_output_embeddings()
+        if self.head is None:
+            raise ValueError(f"{type(model).__name__} has no output embeddings to read the head inputs from.")
+        self.last = None
+
+    def __enter__(self):
+        self.handle = self.head.register_forward_hook(lambda module, args, out: setattr(self, "last", args[0][:, -1]))
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def _sample(model, prompt_ids, seeds, params, eos_token_ids, pad_token_id, store_topk, heads) -> list[dict]:
     device = next(model.parameters()).device
     ids, mask = left_pad(prompt_ids, pad_token_id)  # every row's next token sits at the same column
     position = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -172,7 +202,7 @@ def _sample(model, prompt_ids, seeds, params, eos_token_ids, pad_token_id, store
     for step in range(params.max_new_tokens):
         logits = logits.float()
         token, sampled_lp, beta = _draw(logits, params, uniforms[active, step], eos_list, step)
-        rows.add(active, token, torch.log_softmax(logits, dim=-1), sampled_lp, beta)
+        rows.add(active, token, torch.log_softmax(logits, dim=-1), sampled_lp, beta, getattr(heads, "last", None))
         keep = ~torch.isin(token.cpu(), eos)
         if step == params.max_new_tokens - 1 or not keep.any():
             break
