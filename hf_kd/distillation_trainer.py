@@ -31,6 +31,7 @@ from .trainer_checks import (
     FINISHED_COLUMN,
     TOPK_COLUMNS,
     check_datasets,
+    check_shared_vocab,
     check_sources,
     check_teacher_tokenizer,
     has_topk,
@@ -56,10 +57,6 @@ def _ensure_pad_token(tokenizer) -> None:
             )
         warnings.warn(f"tokenizer has no pad token; padding with EOS {tokenizer.eos_token!r}.", stacklevel=3)
         tokenizer.pad_token = tokenizer.eos_token
-
-
-def _vocab_size(model) -> int:
-    return model.get_output_embeddings().weight.shape[0]
 
 
 class DistillationTrainer(trl.DistillationTrainer):
@@ -145,13 +142,7 @@ class DistillationTrainer(trl.DistillationTrainer):
             tools=tools,
         )
         # Checked on the models TRL built, whether they were given as instances, paths or PeftModels.
-        vocab = _vocab_size(self.model)
-        if self.teacher_model is not None and _vocab_size(self.teacher_model) != vocab:
-            raise ValueError(
-                f"student vocab_size {vocab} != teacher vocab_size {_vocab_size(self.teacher_model)}: distillation "
-                "needs a shared tokenizer and vocabulary. Use a teacher and student from the same family, or resize "
-                "one model's embeddings with model.resize_token_embeddings(len(tokenizer)) after aligning tokenizers."
-            )
+        vocab = check_shared_vocab(self.model, self.teacher_model)
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         check_datasets(train_dataset, eval_dataset, tokenizer, reads_dataset_completions=sources.get("dataset", 0) > 0)
         check_teacher_tokenizer(teacher_model, tokenizer)

@@ -148,3 +148,16 @@ def check_teacher_tokenizer(teacher, student_tokenizer) -> None:
             f"{describe_tokenizer(student_tokenizer)}, so the same id means different text to each. "
             + _CROSS_TOKENIZER
         )
+
+
+def check_shared_vocab(student, teacher) -> int:
+    """The student's vocabulary size (its lm_head rows), after checking that the teacher (if any) has the same."""
+    vocab = student.get_output_embeddings().weight.shape[0]
+    teacher_vocab = teacher.get_output_embeddings().weight.shape[0] if teacher is not None else vocab
+    if teacher_vocab != vocab:
+        raise ValueError(
+            f"student vocab_size {vocab} != teacher vocab_size {teacher_vocab}: distillation "
+            "needs a shared tokenizer and vocabulary. Use a teacher and student from the same family, or resize "
+            "one model's embeddings with model.resize_token_embeddings(len(tokenizer)) after aligning tokenizers."
+        )
+    return vocab
