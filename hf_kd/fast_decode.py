@@ -5,7 +5,8 @@ model, so it is bound by reading the weights, not by arithmetic. For such skinny
 `torch.nn.functional.linear` (``x @ W^T``) reads ``W`` far below the memory bandwidth on x86 CPUs, while the same
 product written ``W @ x^T`` streams ``W`` once. Measured on the 2-core AMD EPYC where hf_kd is developed (float32,
 SmolLM2-135M shapes, see docs/profile_step.md): the tied 49,152 x 576 head takes 17.8 ms at M = 4 through ``F.linear``
-and 6.6 ms as ``W @ x^T``; at M = 148 and above the two kernels are within 10 %, so larger inputs keep ``F.linear``.
+and 6.6 ms as ``W @ x^T``. The gain holds up to 64 rows for such wide weights but only up to 4 rows for the layers'
+small matrices (slower from 8 rows on), so the rule below keeps ``F.linear`` beyond those sizes.
 
 The two forms compute the same sums in a different order: results agree to float rounding (relative ~1e-6), not
 bit for bit, which is why the path is chosen by a fixed rule (device, rows, grad mode), never by timing: a resumed
@@ -22,11 +23,16 @@ import os
 import torch
 from transformers.utils import logging
 
-__all__ = ["MAX_ROWS", "fast_decode", "fast_decode_enabled", "skinny_linear"]
+__all__ = ["MAX_ROWS", "MAX_ROWS_SMALL", "WIDE", "fast_decode", "fast_decode_enabled", "skinny_linear"]
 
 logger = logging.get_logger(__name__)
 
-MAX_ROWS = 64  # measured gain up to M = 64 rows; from M ~ 148 on both kernels are within 10 %
+# Measured per decode step of SmolLM2-135M (W @ x^T vs F.linear, docs/profile_step.md): the wide head (49,152 rows)
+# gains up to M = 64 rows (0.37x at 4, 0.74x at 64); the layers' small matrices (192-1,536 rows) gain at M <= 4
+# (0.63-0.70x) and lose from M = 8 on (1.1-1.35x).
+MAX_ROWS = 64  # at most this many input rows for a wide weight
+MAX_ROWS_SMALL = 4  # at most this many for a weight with fewer than WIDE output rows
+WIDE = 16384
 _ENV = "HF_KD_FAST_DECODE"  # "0"/"off" forces eager decoding, "1"/"on" forces the fast path; unset: automatic
 _logged: set[str] = set()
 
@@ -66,7 +72,7 @@ def _skinny_forward(module: torch.nn.Linear):
         w = module.weight
         rows = x.numel() // max(x.shape[-1], 1)
         if (
-            rows <= MAX_ROWS
+            rows <= (MAX_ROWS if w.shape[0] >= WIDE else MAX_ROWS_SMALL)
             and not torch.is_grad_enabled()  # training keeps autograd's own kernels (and their gradients)
             and x.dim() >= 2
             and x.dtype == w.dtype
@@ -90,7 +96,8 @@ def fast_decode(model: torch.nn.Module, what: str = "decoding"):
     """Within the block, `model`'s `nn.Linear` layers compute small no-grad inputs with `skinny_linear`.
 
     Only layers whose type is exactly `torch.nn.Linear` are switched (quantized or other subclasses keep their own
-    forward), only inputs of at most `MAX_ROWS` rows with autograd off take the fast kernel, and every layer gets its
+    forward), only inputs with autograd off and at most `MAX_ROWS` rows (`MAX_ROWS_SMALL` for weights of fewer than
+    `WIDE` output rows) take the fast kernel, and every layer gets its
     own forward back when the block ends, even on an error. The path taken is logged once per process and `what`.
 
     Args:
@@ -106,7 +113,7 @@ def fast_decode(model: torch.nn.Module, what: str = "decoding"):
     layers = [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in vars(m)]
     _log_once(
         f"hf_kd {what}: fast decode path on {device.type}: {len(layers)} linear layers take W @ x^T for inputs of "
-        f"<= {MAX_ROWS} rows (set ${_ENV}=off for the eager path)."
+        f"<= {MAX_ROWS_SMALL} rows, the wide ones (e.g. the head) for <= {MAX_ROWS} (${_ENV}=off: eager path)."
     )
     for layer in layers:
         layer.forward = _skinny_forward(layer)
