@@ -145,6 +145,9 @@ def distillation_loss(
     return _reduce(total, mask.sum(), num_items_in_batch)
 
 
+KEEP_LOGIT_GRAD = 2**25  # logits (128 MB in float32) up to which forward keeps dL/dz rather than backward recomputing
+
+
 class _ChunkedLinearLoss(torch.autograd.Function):
     """Summed loss over token chunks of ``h @ W.T + b``, with closed-form logit gradients recomputed in backward.
 
@@ -152,18 +155,24 @@ class _ChunkedLinearLoss(torch.autograd.Function):
     (`hf_kd.divergences.logit_grad`), so nothing of size `(n, V)` outlives a chunk, no autograd graph is built over
     the logits, and no gradient buffer is held between forward and backward: the extra memory is a few `(chunk, V)`
     float32 buffers (plus, in backward, the `(V, H)` weight gradient the optimizer needs anyway). The price is one
-    more logits matmul per chunk.
+    more logits matmul per chunk and model. Small batches (at most `KEEP_LOGIT_GRAD` logits in all, e.g. a few
+    hundred tokens) form ``dL/dz`` in forward instead, from the logits at hand, and keep it for backward: the same
+    numbers, without the second pass.
     """
 
     @staticmethod
     def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, labels, selectivity, chunk_size, spec, stats, post):
         total = h_s.new_zeros((), dtype=torch.promote_types(h_s.dtype, torch.float32))
+        keep = h_s.shape[0] * w_s.shape[0] <= KEEP_LOGIT_GRAD and any(ctx.needs_input_grad[:3])
+        ctx.logit_grads = [] if keep else None
         chunks = _chunk_logits(h_s, w_s, b_s, h_t, w_t, b_t, labels, selectivity, chunk_size, post)
         for _, z_s, z_t, chunk_labels, chunk_selectivity in chunks:
             log_q, log_p = log_probs(z_s, z_t, chunk_selectivity, spec.temperature)
             total += per_token_loss(log_q, log_p, chunk_labels, spec).sum()
             if stats is not None:  # logging only: the log-probs are at hand, so the entropies cost one pass each
                 _add_entropy_stats(stats, log_q, log_p, z_t, chunk_selectivity, spec.temperature)
+            if keep:
+                ctx.logit_grads.append(_logit_grad(z_s, z_t, chunk_labels, chunk_selectivity, spec, post[0]))
         _check_total(total, spec.loss_type)
         saved = selectivity if isinstance(selectivity, torch.Tensor) else None
         ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t, labels, saved)
@@ -179,12 +188,13 @@ class _ChunkedLinearLoss(torch.autograd.Function):
         grad_h = torch.empty_like(h_s) if need_h else None
         grad_w = torch.zeros(w_s.shape, dtype=dtype, device=w_s.device) if need_w else None
         grad_b = torch.zeros(b_s.shape, dtype=dtype, device=b_s.device) if need_b else None
-        chunks = _chunk_logits(h_s, w_s, b_s, h_t, w_t, b_t, labels, selectivity, ctx.chunk_size, ctx.post)
-        for sl, z_s, z_t, chunk_labels, chunk_selectivity in chunks:
-            dz = logit_grad(z_s, z_t, chunk_labels, chunk_selectivity, ctx.spec)
-            dz.mul_(grad_output.to(dz.dtype))
-            if ctx.post[0] != NO_POSTPROCESSING:  # chain rule through the student's scale / softcap
-                dz.mul_(logit_postprocess_grad(z_s.to(dz.dtype), *ctx.post[0]))
+        if ctx.logit_grads is not None:  # formed in forward
+            kept = zip(chunk_slices(h_s.shape[0], ctx.chunk_size), ctx.logit_grads, strict=True)
+        else:
+            chunks = _chunk_logits(h_s, w_s, b_s, h_t, w_t, b_t, labels, selectivity, ctx.chunk_size, ctx.post)
+            kept = ((sl, _logit_grad(z_s, z_t, y, sel, ctx.spec, ctx.post[0])) for sl, z_s, z_t, y, sel in chunks)
+        for sl, dz in kept:
+            dz = dz * grad_output.to(dz.dtype)
             if need_h:
                 grad_h[sl] = (dz @ w_s.to(dtype)).to(h_s.dtype)
             if need_w:
@@ -194,6 +204,14 @@ class _ChunkedLinearLoss(torch.autograd.Function):
         grad_w = None if grad_w is None else grad_w.to(w_s.dtype)
         grad_b = None if grad_b is None else grad_b.to(b_s.dtype)
         return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None, None
+
+
+def _logit_grad(z_s, z_t, labels, selectivity, spec: LossSpec, post: LogitPostprocessing) -> torch.Tensor:
+    """``dL/dz`` of one chunk with respect to the student's raw logits (through its scale / softcap)."""
+    dz = logit_grad(z_s, z_t, labels, selectivity, spec)
+    if post != NO_POSTPROCESSING:  # chain rule through the student's scale / softcap
+        dz.mul_(logit_postprocess_grad(z_s.to(dz.dtype), *post))
+    return dz
 
 
 def _add_entropy_stats(stats: dict, log_q, log_p, z_t, selectivity, temperature) -> None:

@@ -244,3 +244,31 @@ def test_postprocessed_gradcheck_float64(loss_type):
     kw = dict(loss_type=loss_type, labels=labels, mask=mask, selectivity=1.5, temperature=1.2, chunk_size=2)
     post = dict(student_logit_scale=0.5, student_final_logit_softcapping=2.0, teacher_logit_scale=3.0)
     assert torch.autograd.gradcheck(lambda h, w: chunked_distillation_loss(h, w, ht, wt, **kw, **post), (hs, ws))
+
+
+@pytest.mark.parametrize("loss_type", ["generalized_jsd", "forward_kl", "nll"])
+def test_small_batches_keep_the_logit_gradient_from_forward(monkeypatch, loss_type):
+    """Under `KEEP_LOGIT_GRAD` logits the loss forms dL/dz in forward and backward runs no logits matmul; losses and
+    gradients equal the recomputing path's bit for bit (the same function of the same logits)."""
+    import hf_kd.losses as losses
+
+    g = torch.Generator().manual_seed(0)
+    h, w = torch.randn(50, 16, generator=g), torch.randn(300, 16, generator=g)
+    ht, wt, labels = torch.randn(50, 16, generator=g), torch.randn(300, 16, generator=g), torch.randint(0, 300, (50,))
+    heads = []
+    head_logits = losses.head_logits
+    monkeypatch.setattr(losses, "head_logits", lambda *a: heads.append(1) or head_logits(*a))
+    out = {}
+    for budget in (2**25, 0):
+        monkeypatch.setattr(losses, "KEEP_LOGIT_GRAD", budget)
+        hs, ws = h.clone().requires_grad_(), w.clone().requires_grad_()
+        kw = dict(loss_type=loss_type, selectivity=2.0, temperature=0.8, chunk_size=16, labels=labels)
+        loss = losses.chunked_distillation_loss(hs, ws, ht, wt, **kw)
+        forward_heads = len(heads)
+        loss.backward()
+        out[budget] = (loss.detach(), hs.grad, ws.grad, len(heads) - forward_heads)
+        heads.clear()
+    kept, recomputed = out[2**25], out[0]
+    assert kept[3] == 0 and recomputed[3] > 0  # backward recomputed logits only without the kept gradient
+    for a, b in zip(kept[:3], recomputed[:3]):
+        assert torch.equal(a, b)
