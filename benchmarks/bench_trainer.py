@@ -121,8 +121,8 @@ def _worker(kind: str, source: str, steps: int, model_dir: str, queue) -> None:
             cpu_times.append((time.process_time() - self.c0) / torch.get_num_threads())
 
     trainer.add_callback(Timer())
-    # Polled every 20 ms: at 5 ms the poller's GIL hand-offs added ~0.8 s to every ~2.3 s step of both trainers
-    # (measured with the trainer alone), pulling the ratio towards 1; a step's peaks last far longer than 20 ms.
+    # Polled every 20 ms: at 5 ms the poller's GIL hand-offs added 0.4-0.6 s to each 2.5-3 s step of both trainers
+    # (3.08 -> 2.50 s and 3.31 -> 2.94 s on-policy), pulling the ratio towards 1; a step's peaks last far longer.
     with PeakMemory(interval=0.02) as mem:
         trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
