@@ -89,10 +89,9 @@ def markdown(rows: list[dict], info: dict, command: str, wall_s: float) -> str:
         "| --- | --- | ---: | ---: | --- | ---: | --- | --- |",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['benchmark']} | {r['figure']} | {_fmt(r['ours'])} | {_fmt(r['baseline'])} | {r['unit']} | "
-            f"{_fmt(r['ratio'])} | {r['target']} | {verdict[r['passed']]} |"
-        )
+        cells = [r["benchmark"], r["figure"], _fmt(r["ours"]), _fmt(r["baseline"]), r["unit"], _fmt(r["ratio"])]
+        cells += [r["target"], verdict[r["passed"]]]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")  # a "|" would split a cell
     return "\n".join(lines) + "\n"
 
 
