@@ -190,13 +190,13 @@ def test_wheel_installed_outside_the_repo_runs_distill(tmp_path, tokenizer):
 def test_accelerate_launch_two_cpu_processes_module_and_recipe(tmp_path, tokenizer):
     """`accelerate launch` with 2 CPU processes of `-m hf_kd.distill` and of recipes/smollm2_kd.py: both finish and
     write the same students with the same scores (every rank scores; the main one writes)."""
-    if shutil.which("accelerate") is None:
-        pytest.fail("accelerate's launcher is not on PATH")
     config = tiny_config(tmp_path, tokenizer)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     # `--cpu --num_processes 2` starts ONE process in accelerate 1.x (multi-CPU needs mpirun); `--multi_gpu` is its
     # torchrun launcher, and the config's use_cpu makes the 2 ranks run on CPU with gloo
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    # the launcher of this interpreter's accelerate (`accelerate launch`), whether or not its venv is on PATH
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1"]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     for script, out in ((["-m", "hf_kd.distill"], "module"), (["recipes/smollm2_kd.py"], "recipe")):
         _run([*launch, *script, "--config", config, "--output_dir", tmp_path / out], cwd=ROOT, env=env)
