@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LOSS_TYPES", "LossSpec", "log_probs", "logit_grad", "per_token_loss", "token_divergence"]
+__all__ = [
+    "LOSS_TYPES",
+    "LossSpec",
+    "log_probs",
+    "logit_grad",
+    "logit_grad_from_log_probs",
+    "per_token_loss",
+    "token_divergence",
+]
 
 LOSS_TYPES = ("nll", "forward_kl", "reverse_kl", "generalized_jsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
 
@@ -172,8 +180,17 @@ def logit_grad(
 
     Where the student is masked (``q_v = 0``) ``g_v`` may be ``-inf``; it meets the factor ``q_v = 0`` and is set to 0.
     """
+    teacher_logits = None if spec.loss_type == "nll" else teacher_logits
+    log_q, log_p = log_probs(student_logits, teacher_logits, selectivity, spec.temperature)
+    return logit_grad_from_log_probs(log_q, log_p, labels, spec)
+
+
+def logit_grad_from_log_probs(
+    log_q: torch.Tensor, log_p: torch.Tensor | None, labels: torch.Tensor | None, spec: LossSpec
+) -> torch.Tensor:
+    """`logit_grad` from the log-probabilities `log_probs` gives (`(n, V)` each), for a caller that has them already.
+    May overwrite `log_q` in place."""
     loss_type, temperature, jsd_beta, skew_alpha = spec.loss_type, spec.temperature, spec.jsd_beta, spec.skew_alpha
-    log_q, log_p = log_probs(student_logits, None if loss_type == "nll" else teacher_logits, selectivity, temperature)
     q = log_q.exp()
     if loss_type == "nll":
         q[torch.arange(q.shape[0], device=q.device), labels] -= 1.0

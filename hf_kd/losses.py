@@ -41,7 +41,15 @@ from __future__ import annotations
 
 import torch
 
-from .divergences import LOSS_TYPES, LossSpec, log_probs, logit_grad, per_token_loss, token_divergence
+from .divergences import (
+    LOSS_TYPES,
+    LossSpec,
+    log_probs,
+    logit_grad,
+    logit_grad_from_log_probs,
+    per_token_loss,
+    token_divergence,
+)
 from .lm_heads import NO_POSTPROCESSING, LogitPostprocessing, head_logits, logit_postprocess, logit_postprocess_grad
 from .sharpening import check_logits, check_selectivity, chunk_slices, default_chunk_size, entropy_from_log_probs
 
@@ -171,8 +179,9 @@ class _ChunkedLinearLoss(torch.autograd.Function):
             total += per_token_loss(log_q, log_p, chunk_labels, spec).sum()
             if stats is not None:  # logging only: the log-probs are at hand, so the entropies cost one pass each
                 _add_entropy_stats(stats, log_q, log_p, z_t, chunk_selectivity, spec.temperature)
-            if keep:
-                ctx.logit_grads.append(_logit_grad(z_s, z_t, chunk_labels, chunk_selectivity, spec, post[0]))
+            if keep:  # from the log-probs at hand (the last use of log_q, which it may overwrite)
+                dz = logit_grad_from_log_probs(log_q, log_p, chunk_labels, spec)
+                ctx.logit_grads.append(_through_postprocessing(dz, z_s, post[0]))
         _check_total(total, spec.loss_type)
         saved = selectivity if isinstance(selectivity, torch.Tensor) else None
         ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t, labels, saved)
@@ -208,8 +217,12 @@ class _ChunkedLinearLoss(torch.autograd.Function):
 
 def _logit_grad(z_s, z_t, labels, selectivity, spec: LossSpec, post: LogitPostprocessing) -> torch.Tensor:
     """``dL/dz`` of one chunk with respect to the student's raw logits (through its scale / softcap)."""
-    dz = logit_grad(z_s, z_t, labels, selectivity, spec)
-    if post != NO_POSTPROCESSING:  # chain rule through the student's scale / softcap
+    return _through_postprocessing(logit_grad(z_s, z_t, labels, selectivity, spec), z_s, post)
+
+
+def _through_postprocessing(dz: torch.Tensor, z_s: torch.Tensor, post: LogitPostprocessing) -> torch.Tensor:
+    """Chain rule of ``dL/dz`` through the student's logit scale / softcap (`post`), in place."""
+    if post != NO_POSTPROCESSING:
         dz.mul_(logit_postprocess_grad(z_s.to(dz.dtype), *post))
     return dz
 
