@@ -23,7 +23,16 @@ import os
 import torch
 from transformers.utils import logging
 
-__all__ = ["MAX_ROWS", "MAX_ROWS_SMALL", "WIDE", "fast_decode", "fast_decode_enabled", "skinny_linear"]
+__all__ = [
+    "MAX_ROWS",
+    "MAX_ROWS_SMALL",
+    "WIDE",
+    "decode_linear",
+    "fast_decode",
+    "fast_decode_enabled",
+    "log_once",
+    "skinny_linear",
+]
 
 logger = logging.get_logger(__name__)
 
@@ -48,7 +57,8 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     Returns:
         `torch.Tensor` of shape `(..., N)`.
     """
-    rows = x.reshape(-1, x.shape[-1])
+    # A row-major x (M, K): MKL streams W for ``W @ x^T`` only when x^T is a transposed view (3x slower otherwise).
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
     out = (weight @ rows.T).T
     if bias is not None:
         out = out + bias
@@ -67,25 +77,37 @@ def fast_decode_enabled(device: torch.device | str) -> bool:
     return torch.device(device).type == "cpu"
 
 
+def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x W^T + b`` with the kernel the fixed rule picks: `skinny_linear` for no-grad inputs of at most `MAX_ROWS`
+    rows (`MAX_ROWS_SMALL` for weights of fewer than `WIDE` output rows), `F.linear` otherwise.
+
+    Args:
+        x (`torch.Tensor` of shape `(..., K)`): inputs.
+        weight (`torch.Tensor` of shape `(N, K)`): the layer's weight.
+        bias (`torch.Tensor` of shape `(N,)`, *optional*): the layer's bias.
+    """
+    rows = x.numel() // max(x.shape[-1], 1)
+    if (
+        rows <= (MAX_ROWS if weight.shape[0] >= WIDE else MAX_ROWS_SMALL)
+        and not torch.is_grad_enabled()  # training keeps autograd's own kernels (and their gradients)
+        and x.dim() >= 2
+        and x.dtype == weight.dtype
+        and weight.dim() == 2
+        and x.shape[-1] == weight.shape[1]  # e.g. a ZeRO-3 shard that is not gathered: let F.linear handle it
+    ):
+        return skinny_linear(x, weight, bias)
+    return torch.nn.functional.linear(x, weight, bias)
+
+
 def _skinny_forward(module: torch.nn.Linear):
     def forward(x: torch.Tensor) -> torch.Tensor:
-        w = module.weight
-        rows = x.numel() // max(x.shape[-1], 1)
-        if (
-            rows <= (MAX_ROWS if w.shape[0] >= WIDE else MAX_ROWS_SMALL)
-            and not torch.is_grad_enabled()  # training keeps autograd's own kernels (and their gradients)
-            and x.dim() >= 2
-            and x.dtype == w.dtype
-            and w.dim() == 2
-            and x.shape[-1] == w.shape[1]  # e.g. a ZeRO-3 shard that is not gathered: let nn.Linear handle it
-        ):
-            return skinny_linear(x, w, module.bias)
-        return torch.nn.Linear.forward(module, x)
+        return decode_linear(x, module.weight, module.bias)
 
     return forward
 
 
-def _log_once(message: str) -> None:
+def log_once(message: str) -> None:
+    """Log `message` at INFO level once per process (which decode path ran)."""
     if message not in _logged:
         _logged.add(message)
         logger.info(message)
@@ -107,11 +129,11 @@ def fast_decode(model: torch.nn.Module, what: str = "decoding"):
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     if not fast_decode_enabled(device):
-        _log_once(f"hf_kd {what}: eager decode path on {device.type} (set ${_ENV}=on to force the fast path).")
+        log_once(f"hf_kd {what}: eager decode path on {device.type} (set ${_ENV}=on to force the fast path).")
         yield
         return
     layers = [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in vars(m)]
-    _log_once(
+    log_once(
         f"hf_kd {what}: fast decode path on {device.type}: {len(layers)} linear layers take W @ x^T for inputs of "
         f"<= {MAX_ROWS_SMALL} rows, the wide ones (e.g. the head) for <= {MAX_ROWS} (${_ENV}=off: eager path)."
     )

@@ -34,9 +34,7 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
 def make_llama(vocab_size: int, seed: int = 0, hidden: int = 16, layers: int = 1, **kwargs) -> LlamaForCausalLM:
     """A tiny randomly initialised Llama (float32, eager attention) with a fixed seed."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
+    defaults = dict(
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=2,
@@ -46,8 +44,8 @@ def make_llama(vocab_size: int, seed: int = 0, hidden: int = 16, layers: int = 1
         bos_token_id=2,
         eos_token_id=3,
         tie_word_embeddings=False,
-        **kwargs,
     )
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, **{**defaults, **kwargs})
     config._attn_implementation = "eager"
     return LlamaForCausalLM(config).eval()
 

@@ -15,7 +15,8 @@ import inspect
 
 import torch
 
-from ..fast_decode import fast_decode
+from ..fast_decode import fast_decode, fast_decode_enabled, log_once
+from .fused_step import FusedStep, fused_step_support
 from .padding import left_pad
 from .params import SamplingParams
 from .warp import mask_eos, warp_logits
@@ -87,6 +88,22 @@ def _draw(logits, params: SamplingParams, uniforms, eos: list[int], step: int):
     # right=True: the first id whose cumulative mass exceeds u, so zero-probability ids are never drawn.
     token = torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
     return token, log_s.gather(-1, token[:, None]).squeeze(-1).double().cpu(), beta
+
+
+def _fused_step(model, cache, mask, max_new_tokens: int) -> FusedStep | None:
+    """`FusedStep` where the fast decode path is on and the model qualifies, else None (the model's own forward)."""
+    device = mask.device
+    if not fast_decode_enabled(device):
+        return None
+    why_not = fused_step_support(model) or (None if hasattr(cache, "layers") else "no per-layer KV cache")
+    name = type(model).__name__
+    log_once(
+        f"hf_kd sampling: {name} decodes through its own forward ({why_not})."
+        if why_not
+        else f"hf_kd sampling: {name} decodes through hf_kd.sampling.FusedStep (a preallocated KV cache, "
+        "$HF_KD_FAST_DECODE=off: the model's forward)."
+    )
+    return None if why_not else FusedStep(model, cache, mask, max_new_tokens)
 
 
 class _Rows:
@@ -199,6 +216,7 @@ def _sample(model, prompt_ids, seeds, params, eos_token_ids, pad_token_id, store
     rows, active = _Rows(len(prompt_ids), store_topk), torch.arange(len(prompt_ids))
     mask, next_pos = mask.to(device), position[:, -1].to(device) + 1
     logits, cache = _prefill(model, ids.to(device), mask, position.to(device))
+    fused = _fused_step(model, cache, mask, params.max_new_tokens)
     for step in range(params.max_new_tokens):
         logits = logits.float()
         token, sampled_lp, beta = _draw(logits, params, uniforms[active, step], eos_list, step)
@@ -208,9 +226,15 @@ def _sample(model, prompt_ids, seeds, params, eos_token_ids, pad_token_id, store
             break
         if not keep.all():  # finished rows leave the batch: the cache, the mask and the positions shrink with it
             kept = keep.nonzero().squeeze(-1)
-            cache.reorder_cache(kept.to(device))
+            if fused is not None:
+                fused.keep(kept.to(device))
+            else:
+                cache.reorder_cache(kept.to(device))
             active, token, mask, next_pos = active[kept], token[kept.to(device)], mask[kept.to(device)], next_pos[kept]
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-        logits = _decode_step(model, token, cache, mask, next_pos)
+        if fused is not None:
+            logits = fused(token, next_pos)
+        else:
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+            logits = _decode_step(model, token, cache, mask, next_pos)
         next_pos = next_pos + 1
     return rows.finish(set(eos_list))
