@@ -12,7 +12,7 @@ from .sampling import from_generation_config, sample_batch, stream_seed
 
 __all__ = [
     "TEACHER_STATES",
-    "TeacherSampler",
+    "CompletionSampler",
     "dataset_completion_ids",
     "draw_source",
     "pad_states",
@@ -50,33 +50,58 @@ def draw_source(probabilities: dict[str, float], seed: int, step: int) -> str:
     return [n for n in names if probabilities[n] > 0][-1]  # u within rounding of 1
 
 
-class TeacherSampler:
-    """The trainer's online teacher sampling, through `hf_kd.sampling.sample_batch`.
+class CompletionSampler:
+    """The trainer's own sampling (the teacher's, and on-policy the student's), through `hf_kd.sampling.sample_batch`.
 
-    The law is TRL's `temperature`, the config's sharpening (`selectivity` or `target_entropy`) and the trainer's
-    `generation_config` (lengths, top-k, top-p, min_new_tokens); settings `hf_kd.sampling` does not implement (e.g.
-    ``repetition_penalty``, ``min_p``) are refused when the sampler is built. Row r of a call draws its uniforms from
-    ``stream_seed(seed, mode, step, process, call, r)`` (call: the how-many-th call at that step, as evaluation
-    samples several batches a step), so rows, processes and steps have their own streams and a resumed run redraws
-    the same completions.
+    The law is TRL's `temperature`, a sharpening (`selectivity` or `target_entropy`; the student samples at 1) and the
+    trainer's `generation_config` (lengths, top-k, top-p, min_new_tokens); settings `hf_kd.sampling` does not
+    implement (e.g. ``repetition_penalty``, ``min_p``) raise a `ValueError` naming them. Row r of a call draws its
+    uniforms from ``stream_seed(seed, *stream, mode, step, process, call, r)`` (call: the how-many-th call at that
+    step, as evaluation samples several batches a step), so rows, processes and steps have their own streams and a
+    resumed run redraws the same completions.
 
     Args:
         generation_config (`GenerationConfig`): TRL's ``trainer.generation_config``.
-        args (`DistillationConfig`): selectivity, target_entropy, per_token_selectivity, seed.
         temperature (`float`): TRL's temperature.
+        seed (`int`): the run's seed.
+        selectivity (`float`): beta applied on top of the temperature.
+        target_entropy (`float`, *optional*): solve beta per step for this entropy instead.
+        per_token (`bool`): one beta per row (with `target_entropy`).
+        stream (`tuple`): keys that separate this sampler's seeds from another's (the teacher's is empty).
     """
 
-    def __init__(self, generation_config, args, temperature: float):
-        beta = 1.0 if args.target_entropy is not None else args.selectivity
+    def __init__(
+        self,
+        generation_config,
+        temperature: float,
+        seed: int,
+        *,
+        selectivity: float = 1.0,
+        target_entropy: float | None = None,
+        per_token: bool = True,
+        stream: tuple = (),
+    ):
         self.params = from_generation_config(
             generation_config,
             temperature=temperature,
-            selectivity=beta,
+            selectivity=selectivity,
+            target_entropy=target_entropy,
+            per_token=per_token,
+        )
+        self.seed, self.stream = seed, tuple(stream)
+        self._calls: dict[tuple, int] = {}
+
+    @classmethod
+    def for_teacher(cls, generation_config, args, temperature: float) -> CompletionSampler:
+        """The teacher's sampler: the config's `selectivity` or `target_entropy` on top of TRL's temperature."""
+        return cls(
+            generation_config,
+            temperature,
+            args.seed,
+            selectivity=1.0 if args.target_entropy is not None else args.selectivity,
             target_entropy=args.target_entropy,
             per_token=args.per_token_selectivity,
         )
-        self.seed = args.seed
-        self._calls: dict[tuple, int] = {}
 
     def __call__(self, model, prompt_ids: list[list[int]], key: tuple, **kwargs) -> list[dict]:
         """`sample_batch`'s rows for the prompts: ``completion_ids`` (ending at the first EOS, kept) and the rest.
@@ -89,7 +114,7 @@ class TeacherSampler:
         """
         calls = self._calls.get(key, 0)
         self._calls = {key: calls + 1}
-        seeds = [stream_seed(self.seed, *key, calls, r) for r in range(len(prompt_ids))]
+        seeds = [stream_seed(self.seed, *self.stream, *key, calls, r) for r in range(len(prompt_ids))]
         was_training = model.training
         model.eval()
         try:

@@ -9,6 +9,7 @@ import torch
 from conftest import make_llama
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
+from hf_kd import fast_decode
 from hf_kd.sampling import SamplingParams, sample_batch
 from hf_kd.sampling.fused_step import FusedStep, fused_step_support
 
@@ -93,6 +94,7 @@ def test_sampling_through_the_fused_step_draws_what_the_forward_draws(monkeypatc
     assert not calls
     logger = logging.getLogger("hf_kd.fast_decode")
     monkeypatch.setattr(logger, "propagate", True)
+    monkeypatch.setattr(fast_decode, "_logged", set())  # the path is logged once per process
     with caplog.at_level(logging.INFO, logger="hf_kd.fast_decode"):
         fused = sample("on")
     assert calls and "LlamaForCausalLM decodes through hf_kd.sampling.FusedStep" in caplog.text

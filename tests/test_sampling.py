@@ -7,11 +7,13 @@ and never fall outside the top-k / top-p set.
 """
 
 import copy
+import logging
 import math
 import zlib
 
 import pytest
 import torch
+import trl
 from conftest import make_llama, make_tokenizer
 from datasets import Dataset
 from scipy.stats import chisquare
@@ -23,6 +25,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from hf_kd import fast_decode
 from hf_kd.distillation_config import DistillationConfig
 from hf_kd.distillation_trainer import DistillationTrainer
 from hf_kd.generation import generate_distillation_dataset
@@ -107,6 +110,62 @@ def test_trainer_teacher_sampling_follows_the_law(tmp_path, tokenizer, teacher, 
     prompt = out["prompt_ids"][0][out["prompt_mask"][0].bool()].tolist()
     assert prompt == tokenizer(PROMPT)["input_ids"]
     assert_follows(out["completion_ids"][:, 0].tolist(), anchor)
+
+
+def student_trainer(tmp_path, tokenizer, student, trainer_cls=DistillationTrainer, **config):
+    """An on-policy trainer whose student is `student` (TRL's own trainer with ``trainer_cls=trl...``)."""
+    config = {"max_completion_length": 1, "per_device_train_batch_size": 4, "report_to": "none", **config}
+    config_cls = DistillationConfig if trainer_cls is DistillationTrainer else trl.DistillationConfig
+    extra = {} if config_cls is DistillationConfig else {"bf16": False, "gradient_checkpointing": False}
+    args = config_cls(str(tmp_path), **extra, **config)
+    data = Dataset.from_dict({"prompt": [PROMPT] * 4})
+    teacher = make_llama(len(tokenizer), seed=1)
+    return trainer_cls(student, teacher, args, train_dataset=data, processing_class=tokenizer)
+
+
+def test_on_policy_sampling_follows_trls_law_without_generate(tmp_path, tokenizer, teacher, anchor, monkeypatch):
+    """hf_kd's on-policy path (hf_kd.sampling, not `generate`) and TRL's `generate` both draw the anchor's law."""
+    law = {"temperature": T / BETA, "top_k": TOP_K, "top_p": TOP_P}
+    prompts = [{"prompt": PROMPT}] * N
+    trl_trainer = student_trainer(tmp_path / "trl", tokenizer, teacher, trl.DistillationTrainer, **law)
+    assert_follows(trl_trainer._generate_and_score_completions(prompts)["completion_ids"][:, 0].tolist(), anchor)
+    ours = student_trainer(tmp_path / "ours", tokenizer, teacher, **law)
+    assert ours._sample_student is not None
+    monkeypatch.setattr(type(teacher), "generate", lambda *a, **k: pytest.fail("on-policy sampling called generate"))
+    out = ours._generate_and_score_completions(prompts)
+    assert_follows(out["completion_ids"][:, 0].tolist(), anchor)
+
+
+def test_on_policy_sampling_is_reproducible_per_step(tmp_path, tokenizer, teacher):
+    """The same seed and step redraw the same on-policy completions (a resumed run); another step draws others."""
+
+    def draw(step, seed=0):
+        trainer = student_trainer(tmp_path, tokenizer, copy.deepcopy(teacher), seed=seed, max_completion_length=6)
+        trainer.state.global_step = step
+        torch.manual_seed(step + 100)  # the global RNG does not matter
+        return trainer._generate_and_score_completions([{"prompt": PROMPT}] * 16)["completion_ids"].tolist()
+
+    assert draw(3) == draw(3)
+    assert draw(3) != draw(4) and draw(3) != draw(3, seed=1)
+
+
+def test_on_policy_settings_outside_the_layer_keep_trls_generate(tmp_path, tokenizer, teacher, monkeypatch, caplog):
+    logger = logging.getLogger("hf_kd.fast_decode")
+    monkeypatch.setattr(logger, "propagate", True)
+    monkeypatch.setattr(fast_decode, "_logged", set())
+    with caplog.at_level(logging.INFO, logger="hf_kd.fast_decode"):
+        trainer = student_trainer(tmp_path, tokenizer, teacher, repetition_penalty=1.3, max_completion_length=3)
+    assert trainer._sample_student is None
+    assert "on-policy student sampling: TRL's generate (hf_kd.sampling does not implement repetition_penalty" in (
+        caplog.text
+    )
+    calls = []
+    generate = type(teacher).generate
+    monkeypatch.setattr(type(teacher), "generate", lambda *a, **k: calls.append(1) or generate(*a, **k))
+    out = trainer._generate_and_score_completions([{"prompt": PROMPT}] * 4)
+    assert calls and out["completion_ids"].shape[0] == 4
+    monkeypatch.setenv("HF_KD_FAST_DECODE", "off")  # the eager path is TRL's own generate
+    assert student_trainer(tmp_path, tokenizer, teacher)._sample_student is None
 
 
 def test_offline_generation_follows_the_law(tmp_path, tokenizer, teacher, anchor):

@@ -128,8 +128,8 @@ def from_generation_config(generation_config, **law) -> SamplingParams:
         bad.append(f"temperature={configured!r} (the law's is {law['temperature']!r})")
     if bad:
         raise ValueError(
-            f"teacher sampling does not implement {', '.join(bad)} (hf_kd.sampling applies temperature, "
-            "selectivity, top-k, top-p and min_new_tokens only); remove them from the config / generation_kwargs."
+            f"hf_kd.sampling does not implement {', '.join(bad)} (it applies temperature, selectivity, top-k, "
+            "top-p and min_new_tokens only); remove them from the config / generation_kwargs."
         )
     return SamplingParams(
         top_k=generation_config.top_k or None,
