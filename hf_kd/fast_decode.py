@@ -59,7 +59,7 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """
     # A row-major x (M, K): MKL streams W for ``W @ x^T`` only when x^T is a transposed view (3x slower otherwise).
     rows = x.reshape(-1, x.shape[-1]).contiguous()
-    out = (weight @ rows.T).T
+    out = (weight @ rows.T).T.contiguous()  # row-major out: the next ops (softmax, cumsum over V) stream it
     if bias is not None:
         out = out + bias
     return out.reshape(*x.shape[:-1], weight.shape[0])
