@@ -112,3 +112,61 @@ def test_sampling_draws_the_same_tokens_and_log_probs_as_eager(tokenizer, monkey
     assert torch.equal(fast_ids, eager_ids)
     torch.testing.assert_close(fast_lp, eager_lp, rtol=0, atol=1e-4)
     assert len(calls) >= 23 * 2 * 7  # the fast kernel ran: 7 linear layers per block, 2 blocks, every decode step
+
+
+@pytest.mark.parametrize("rows", [1, 4, 64])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_weights_compute_the_linear_product(rows, bias):
+    layer = torch.nn.Linear(24, 40, bias=bias)
+    x = torch.randn(rows, 1, 24)
+    with torch.no_grad(), fd.packed_weights(layer):
+        packed = getattr(layer, fd.PACKED)
+        assert packed.layout == torch._mkldnn
+        got = fd.decode_linear(x, layer.weight, layer.bias, packed)
+    assert not hasattr(layer, fd.PACKED)
+    expected = torch.einsum("...k,nk->...n", x.double(), layer.weight.double()) + (layer.bias.double() if bias else 0)
+    torch.testing.assert_close(got.double(), expected.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_weights_only_where_they_fit_and_on_the_fast_path(monkeypatch):
+    model = _model()
+    with pytest.raises(RuntimeError, match="boom"), fd.packed_weights(model):
+        assert hasattr(model[0], fd.PACKED) and not hasattr(model[2], fd.PACKED)  # the subclass keeps its own
+        with fd.packed_weights(model):  # nested: the outer block owns the copies
+            pass
+        assert hasattr(model[0], fd.PACKED)
+        raise RuntimeError("boom")
+    assert not hasattr(model[0], fd.PACKED)  # removed on an error too
+    size = sum(p.numel() * 4 for n, p in model.named_parameters() if n.startswith("0.") and n.endswith("weight"))
+    monkeypatch.setattr(fd, "_available_memory", lambda: 4 * size - 1)  # copies over a quarter of free memory
+    with fd.packed_weights(model):
+        assert not hasattr(model[0], fd.PACKED)
+    monkeypatch.setattr(fd, "_available_memory", lambda: 4 * size)
+    monkeypatch.setenv("HF_KD_FAST_DECODE", "off")
+    with fd.packed_weights(model):
+        assert not hasattr(model[0], fd.PACKED)
+    with torch.enable_grad():  # autograd on: the packed copy is never used (it would not get gradients)
+        x = torch.randn(3, 7, requires_grad=True)
+        assert torch.equal(fd.decode_linear(x, model[0].weight, model[0].bias, torch.empty(0)), model[0](x))
+
+
+def test_sampling_with_packed_weights_draws_what_the_eager_path_draws(tokenizer, monkeypatch):
+    """Same seeds, a tiny Llama: identical ids and sequence log-probs within 1e-4 (the generation path's kernels)."""
+    from hf_kd.sampling import SamplingParams, sample_batch
+
+    model = make_llama(len(tokenizer), seed=3, hidden=64, layers=2)
+    prompts = [[2, 5, 6], [2, 7], [2, 9, 10, 11], [2, 12, 13]]
+    params = SamplingParams(max_new_tokens=24, temperature=1.2)
+
+    def sample():
+        return sample_batch(model, prompts, [1, 2, 3, 4], params, eos_token_ids=[3], pad_token_id=0)
+
+    monkeypatch.setenv("HF_KD_FAST_DECODE", "off")
+    eager = sample()
+    monkeypatch.setenv("HF_KD_FAST_DECODE", "on")
+    with fd.packed_weights(model, "unit-test"):
+        assert all(hasattr(m, fd.PACKED) for m in model.modules() if type(m) is torch.nn.Linear)
+        packed = sample()
+    for a, b in zip(packed, eager, strict=True):
+        assert a["completion_ids"] == b["completion_ids"]
+        assert a["teacher_logprob"] == pytest.approx(b["teacher_logprob"], abs=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -14,6 +15,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from ..fast_decode import packed_weights
 from ..fingerprint import TOKEN_ID_SIGNATURE_COLUMN, teacher_fingerprint, token_id_signature
 from ..generation_cli import BACKENDS
 from ..offline import resolve_model_name
@@ -344,7 +346,9 @@ def generate_distillation_dataset(
     )
     schema_ = schema.arrow_schema(store_topk)
     shards = {k: list(range(k * batch_size, k * batch_size + sizes[k])) for k in todo}
-    _write_shards(shards, sample, loaded, prompts_of, paths, schema_, bar)
+    # The frozen teacher decodes every shard: its weights are packed once for the fast kernels (where they fit).
+    with packed_weights(loaded.model, "generation") if loaded.model is not None else contextlib.nullcontext():
+        _write_shards(shards, sample, loaded, prompts_of, paths, schema_, bar)
     state.wait_for_everyone()
     table = _gather(paths, schema_, output_dir, num_samples, batch_size)
     if state.is_main_process:

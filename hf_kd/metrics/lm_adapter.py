@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..fast_decode import packed_weights
 from ..sampling import SamplingParams, sample_batch, sample_seed
 
 __all__ = ["CausalLMAdapter", "check_tokenizer_matches", "score_token_sequences"]
@@ -417,14 +418,15 @@ class CausalLMAdapter:
         out: list = []
         was_training = self.model.training
         self.model.eval()
+        show = self.progress if progress is None else progress
         try:
-            show = self.progress if progress is None else progress
-            for b in tqdm(range(0, n, bs), desc="sampling", disable=not show, leave=False):
-                seeds = [sample_seed(seed, i) for i in range(b, min(b + bs, n))]
-                out.extend(
-                    row["completion_ids"]
-                    for row in sample_batch(self.model, prompts[b : b + bs], seeds, params, **ids)
-                )
+            with packed_weights(self.model, "metrics sampling"):
+                for b in tqdm(range(0, n, bs), desc="sampling", disable=not show, leave=False):
+                    seeds = [sample_seed(seed, i) for i in range(b, min(b + bs, n))]
+                    out.extend(
+                        row["completion_ids"]
+                        for row in sample_batch(self.model, prompts[b : b + bs], seeds, params, **ids)
+                    )
         finally:
             self.model.train(was_training)
         if return_tokens:

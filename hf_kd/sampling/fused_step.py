@@ -18,7 +18,7 @@ import importlib
 
 import torch
 
-from ..fast_decode import decode_linear
+from ..fast_decode import PACKED, decode_linear
 
 __all__ = ["FusedStep", "fused_step_support"]
 
@@ -117,4 +117,4 @@ class FusedStep:
 
 
 def _linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
-    return decode_linear(x, layer.weight, layer.bias)
+    return decode_linear(x, layer.weight, layer.bias, getattr(layer, PACKED, None))
