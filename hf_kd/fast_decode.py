@@ -148,7 +148,13 @@ def packed_weights(model: torch.nn.Module, what: str = "decoding"):
         what (`str`): what is decoding, for the log line.
     """
     param = next(model.parameters(), None)
-    layers = [m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype in _PACKABLE]
+    layers = [
+        m
+        for m in model.modules()
+        if type(m) is torch.nn.Linear
+        and m.weight.dtype in _PACKABLE
+        and m.weight.shape == (m.out_features, m.in_features)  # not a ZeRO-3 / FSDP shard
+    ]
     size = sum(m.weight.numel() * m.weight.element_size() for m in layers)
     available = _available_memory()
     if (
@@ -162,16 +168,23 @@ def packed_weights(model: torch.nn.Module, what: str = "decoding"):
     ):
         yield
         return
-    log_once(f"hf_kd {what}: {len(layers)} linear weights packed for oneDNN ({size / 2**20:.0f} MiB more memory).")
     try:
         with torch.no_grad():
             for m in layers:
                 setattr(m, PACKED, torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), None))
-        yield
-    finally:
+    except RuntimeError as error:  # a build or layout oneDNN does not take: decode on the unpacked weights
+        log_once(f"hf_kd {what}: weights not packed for oneDNN ({error}).")
         for m in layers:
             if hasattr(m, PACKED):
                 delattr(m, PACKED)
+        yield
+        return
+    log_once(f"hf_kd {what}: {len(layers)} linear weights packed for oneDNN ({size / 2**20:.0f} MiB more memory).")
+    try:
+        yield
+    finally:
+        for m in layers:
+            delattr(m, PACKED)
 
 
 def log_once(message: str) -> None:

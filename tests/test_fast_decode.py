@@ -170,3 +170,24 @@ def test_sampling_with_packed_weights_draws_what_the_eager_path_draws(tokenizer,
     for a, b in zip(packed, eager, strict=True):
         assert a["completion_ids"] == b["completion_ids"]
         assert a["teacher_logprob"] == pytest.approx(b["teacher_logprob"], abs=1e-4)
+
+
+def test_packing_falls_back_to_the_unpacked_weights(monkeypatch, caplog):
+    model = _model()
+    model[0].weight = torch.nn.Parameter(torch.randn(9 * 7 // 3, 3))  # a shard-like weight: not the layer's shape
+    with fd.packed_weights(model):
+        assert not hasattr(model[0], fd.PACKED)
+
+    def refuse(*args):
+        raise RuntimeError("no oneDNN layout for this weight")
+
+    model = _model()
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    monkeypatch.setattr(fd, "_logged", set())
+    logger = logging.getLogger("hf_kd.fast_decode")
+    monkeypatch.setattr(logger, "propagate", True)
+    with caplog.at_level(logging.INFO, logger="hf_kd.fast_decode"), fd.fast_decode(model), fd.packed_weights(model):
+        assert not hasattr(model[0], fd.PACKED)
+        with torch.no_grad():
+            model(torch.randn(2, 7))  # decodes on the unpacked weights
+    assert "weights not packed for oneDNN (no oneDNN layout for this weight)" in caplog.text

@@ -2,11 +2,11 @@
 
 transformers' forward for one new token per row spends about a quarter of a CPU decode step outside the matrix
 products (module calls, mask building, growing the cache by concatenation; docs/profile_step.md). `FusedStep` runs
-the same layers with the model's own modules for the embeddings, norms, rotary embedding, activation and head, and
-writes only the attention and the projections by hand: each new key/value goes into a preallocated cache, query
-heads attend in groups of ``H / KV`` over their shared key/value head, and every projection goes through
-`hf_kd.fast_decode.decode_linear`. The result equals the model's forward to float rounding (tested against it with
-left padding, grouped heads, biases and rows leaving the batch).
+the same layers with the model's own modules for the embeddings, rotary embedding, activation and head, and writes
+the norms (one fused `rms_norm` in float32), the attention and the projections by hand: each new key/value goes into
+a preallocated cache, query heads attend in groups of ``H / KV`` over their shared key/value head, and every
+projection goes through `hf_kd.fast_decode.decode_linear`. The result equals the model's forward to float rounding
+(tested against it with left padding, grouped heads, biases and rows leaving the batch).
 
 Only models whose computation is exactly that qualify (`fused_step_support`); any other model decodes through its
 own forward.
@@ -95,11 +95,13 @@ class FusedStep:
         cos, sin = inner.rotary_emb(x, positions[:, None])
         at, end = self.length, self.length + 1
         for i, layer in enumerate(self.layers):
-            x = x + self._attention(layer.self_attn, layer.input_layernorm(x), cos, sin, i, at, end)
-            mlp, h = layer.mlp, layer.post_attention_layernorm(x)
+            x = x + self._attention(layer.self_attn, _rms_norm(layer.input_layernorm, x), cos, sin, i, at, end)
+            mlp, h = layer.mlp, _rms_norm(layer.post_attention_layernorm, x)
             x = x + _linear(mlp.act_fn(_linear(h, mlp.gate_proj)) * _linear(h, mlp.up_proj), mlp.down_proj)
         self.length = end
-        return self.model.get_output_embeddings()(inner.norm(x))[:, -1]  # the module: its hooks see the input
+        return self.model.get_output_embeddings()(_rms_norm(inner.norm, x))[
+            :, -1
+        ]  # the module: its hooks see the input
 
     def _attention(self, attn, h, cos, sin, i: int, at: int, end: int) -> torch.Tensor:
         """``o_proj(softmax(q k^T * scaling + bias) v)`` for one new position; writes k, v at column `at`."""
@@ -114,6 +116,14 @@ class FusedStep:
         scores = (q @ keys.transpose(-1, -2)) * attn.scaling + self.bias[:, :, :, :end]  # (B, KV, G, L)
         out = scores.softmax(-1) @ values  # (B, KV, G, D)
         return _linear(out.reshape(b, 1, -1), attn.o_proj)
+
+
+def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's RMSNorm, ``w * x / sqrt(mean(x^2) + eps)``, as one fused op for float32 (transformers' module runs
+    six, each a parallel region: about a fifth of a 64-row decode step); other dtypes keep the module's own casts."""
+    if x.dtype != torch.float32 or norm.weight.dtype != torch.float32:
+        return norm(x)
+    return torch.nn.functional.rms_norm(x, x.shape[-1:], norm.weight, norm.variance_epsilon)
 
 
 def _linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
