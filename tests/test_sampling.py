@@ -31,6 +31,7 @@ from hf_kd.distillation_trainer import DistillationTrainer
 from hf_kd.generation import generate_distillation_dataset
 from hf_kd.metrics.lm_adapter import CausalLMAdapter
 from hf_kd.sampling import SamplingParams, from_generation_config, sample_batch, warp_logits
+from hf_kd.sampling.decode import inverse_cdf
 
 EOS = 3
 PROMPT = "the cat"
@@ -337,3 +338,44 @@ def test_generation_config_settings_outside_the_layer_are_refused():
     for bad in ({"no_repeat_ngram_size": 2}, {"typical_p": 0.5}, {"do_sample": False}, {"num_beams": 2}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             from_generation_config(GenerationConfig(max_new_tokens=4, **bad))
+
+
+def _sequential_inverse_cdf(log_s, u):
+    """The plain inverse-CDF draw over the whole vocabulary (float64 cumulative sum), the reference."""
+    cdf = log_s.double().exp().cumsum(-1)
+    target = u.double() * cdf[:, -1]
+    return torch.searchsorted(cdf, target[:, None], right=True).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
+
+
+@pytest.mark.parametrize("vocab, block", [(5000, 1024), (49152, 1024), (7, 4), (3, 1024)])
+@pytest.mark.parametrize("scale", [0.5, 4.0, 20.0])
+def test_blocked_inverse_cdf_draws_what_the_sequential_one_draws(vocab, block, scale):
+    g = torch.Generator().manual_seed(vocab + int(scale))
+    logits = torch.randn(64, vocab, generator=g) * scale
+    logits[::3, : vocab // 2] = -float("inf")  # rows with whole blocks of zero mass
+    log_s = torch.log_softmax(logits, -1)
+    for _ in range(20):
+        u = torch.rand(64, generator=g, dtype=torch.float64)
+        drawn = inverse_cdf(log_s, u, block=block)
+        assert torch.equal(drawn, _sequential_inverse_cdf(log_s, u))
+        assert torch.isfinite(log_s.gather(1, drawn[:, None])).all()
+
+
+def test_blocked_inverse_cdf_never_draws_zero_mass():
+    """Boundaries exactly on a cumulative mass, and u at 0 and just below 1, with zero-mass ids and blocks around."""
+    p = torch.zeros(4, 12, dtype=torch.float64)
+    p[:, [1, 5, 6, 10]] = torch.tensor([0.25, 0.25, 0.25, 0.25], dtype=torch.float64)
+    log_s = p.log()
+    u = torch.tensor([0.0, 0.25, 0.5, 1 - 2**-53], dtype=torch.float64)
+    for block in (1, 4, 5, 12, 64):
+        assert inverse_cdf(log_s, u, block=block).tolist() == [1, 5, 6, 10]
+
+
+def test_the_untempered_law_is_the_models_softmax_bit_for_bit():
+    """`sample_batch` reuses ``log_softmax(z)`` as the law when `params.untempered`: warp_logits must give the same."""
+    z = torch.randn(5, 300) * 3
+    for params in (SamplingParams(), SamplingParams(top_p=1.0, top_k=0)):
+        assert params.untempered
+        assert torch.equal(warp_logits(z, params), torch.log_softmax(z, -1))
+    for params in (SamplingParams(temperature=0.9), SamplingParams(top_k=5), SamplingParams(selectivity=2.0)):
+        assert not params.untempered

@@ -21,7 +21,7 @@ from .padding import left_pad
 from .params import SamplingParams
 from .warp import mask_eos, warp_logits
 
-__all__ = ["sample_batch", "sample_seed", "stream_seed", "uniform_streams"]
+__all__ = ["inverse_cdf", "sample_batch", "sample_seed", "stream_seed", "uniform_streams"]
 
 
 def stream_seed(*keys) -> int:
@@ -76,18 +76,50 @@ def _decode_step(model, tokens, cache, attention_mask, positions):
     return out.logits[:, -1]
 
 
-def _draw(logits, params: SamplingParams, uniforms, eos: list[int], step: int):
-    """Token `(B,)`, its log-prob under the sampling law `(B,)` float64 CPU (0 when greedy) and the betas `(B,)`."""
-    if step < params.min_new_tokens and eos:
+def _draw(logits, log_p, params: SamplingParams, uniforms, eos: list[int], step: int):
+    """Token `(B,)`, its log-prob under the sampling law `(B,)` float64 CPU (0 when greedy) and the betas `(B,)`;
+    `log_p` is ``log_softmax(logits)``, the law itself when `params` leave the logits as they are."""
+    masked = step < params.min_new_tokens and bool(eos)
+    if masked:
         logits = mask_eos(logits, eos)
-    log_s, beta = warp_logits(logits, params, return_selectivity=True)
+    if params.untempered and not masked:
+        log_s, beta = log_p, torch.ones(len(log_p), dtype=torch.float64)
+    else:
+        log_s, beta = warp_logits(logits, params, return_selectivity=True)
     if params.greedy:
         return logits.argmax(-1), torch.zeros(len(beta), dtype=torch.float64), beta
-    cdf = log_s.double().exp().cumsum(-1)
-    u = uniforms.to(cdf.device) * cdf[:, -1]
-    # right=True: the first id whose cumulative mass exceeds u, so zero-probability ids are never drawn.
-    token = torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
+    token = inverse_cdf(log_s, uniforms)
     return token, log_s.gather(-1, token[:, None]).squeeze(-1).double().cpu(), beta
+
+
+def inverse_cdf(log_s: torch.Tensor, u: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """The inverse-CDF draw: per row, the first id whose cumulative mass exceeds ``u * total`` (float64 sums).
+
+    Computed by blocks, not by a cumulative sum over the whole vocabulary: ``p = exp(log s)``, float64 sums of
+    blocks of `block` ids, the block where ``u * total`` falls, then a float64 cumulative sum inside that block only.
+    Zero-probability ids are never drawn: the first id whose cumulative mass *exceeds* the target, and where float
+    rounding leaves the target past a block's last sum, that block's last id with mass.
+
+    Args:
+        log_s (`torch.Tensor` of shape `(B, V)`): log-probabilities (``-inf`` allowed), float32 or float64.
+        u (`torch.Tensor` of shape `(B,)`): uniforms in [0, 1).
+
+    Returns:
+        `torch.Tensor` of shape `(B,)`: the ids drawn (long).
+    """
+    rows, vocab = log_s.shape
+    p = torch.nn.functional.pad(log_s.exp(), (0, (-vocab) % block))  # (B, nb * block), zero mass in the padding
+    blocks = p.view(rows, -1, block)
+    mass = blocks.sum(-1, dtype=torch.float64)  # (B, nb)
+    cumulative = mass.cumsum(-1)
+    target = u.to(cumulative) * cumulative[:, -1]
+    last_block = mass.shape[1] - 1 - (mass > 0).flip(-1).int().argmax(-1)  # the last block with mass
+    b = torch.searchsorted(cumulative, target[:, None], right=True).squeeze(-1).minimum(last_block)
+    before = torch.where(b > 0, cumulative.gather(1, (b - 1).clamp_min(0)[:, None]).squeeze(1), 0.0)
+    inside = blocks[torch.arange(rows, device=p.device), b]  # (B, block)
+    j = torch.searchsorted(before[:, None] + inside.cumsum(-1, dtype=torch.float64), target[:, None], right=True)
+    last_id = block - 1 - (inside > 0).flip(-1).int().argmax(-1)  # the block's last id with mass
+    return b * block + j.squeeze(-1).minimum(last_id)
 
 
 def _fused_step(model, cache, mask, max_new_tokens: int) -> FusedStep | None:
@@ -219,8 +251,9 @@ def _sample(model, prompt_ids, seeds, params, eos_token_ids, pad_token_id, store
     fused = _fused_step(model, cache, mask, params.max_new_tokens)
     for step in range(params.max_new_tokens):
         logits = logits.float()
-        token, sampled_lp, beta = _draw(logits, params, uniforms[active, step], eos_list, step)
-        rows.add(active, token, torch.log_softmax(logits, dim=-1), sampled_lp, beta, getattr(heads, "last", None))
+        log_p = torch.log_softmax(logits, dim=-1)
+        token, sampled_lp, beta = _draw(logits, log_p, params, uniforms[active, step], eos_list, step)
+        rows.add(active, token, log_p, sampled_lp, beta, getattr(heads, "last", None))
         keep = ~torch.isin(token.cpu(), eos)
         if step == params.max_new_tokens - 1 or not keep.any():
             break

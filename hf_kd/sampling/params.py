@@ -76,6 +76,11 @@ class SamplingParams:
         return self.target_entropy is None and math.isinf(self.selectivity)
 
     @property
+    def untempered(self) -> bool:
+        """Whether the law is the model's own softmax: temperature 1, selectivity 1, no truncation."""
+        return self.temperature == 1 and self.selectivity == 1 and self.target_entropy is None and not self.truncates
+
+    @property
     def truncates(self) -> bool:
         """Whether top-k or top-p removes any id."""
         return bool(self.top_k) or (self.top_p is not None and self.top_p < 1.0)
