@@ -2,10 +2,10 @@
 
 hf_kd.DistillationTrainer overrides `_generate_and_score_completions`, `_generate_single_turn`, `_compute_loss`,
 `_set_signature_columns_if_needed` and `_get_train_sampler`, calls `_get_last_hidden_state` and
-`_forward_redirection`, reads TRL attributes (`_tokenizer`, `_metrics`, `_is_vlm`, ...), the `tool_mask` input and
-RepeatSampler's fields, and mirrors TRL's logit post-processing and multimodal keys. They are private to TRL; a new
-TRL release may change them silently. If this test fails, re-read trl/trainer/distillation_trainer.py and adapt
-hf_kd/distillation_trainer.py (then update the pinned signatures below and the trl pin in pyproject.toml).
+`_forward_redirection`, reads TRL attributes (`_tokenizer`, `_metrics`, `_is_vlm`, `_dist`, ...), the `tool_mask`
+input and RepeatSampler's fields, and mirrors TRL's logit post-processing and multimodal keys. They are private to
+TRL; a new TRL release may change them silently. If this test fails, re-read trl/trainer/distillation_trainer.py and
+adapt hf_kd/distillation_trainer.py (then update the pinned signatures below and the trl pin in pyproject.toml).
 """
 
 import inspect
@@ -91,10 +91,17 @@ def test_trl_attributes_and_contracts_we_rely_on(tmp_path):
         "chat_template_kwargs",
         "_forward_redirection",
         "model_kwarg_keys",
+        "use_vllm",
+        "model_wrapped",
     )
     for attr in attrs:
         assert hasattr(trainer, attr), f"trl.DistillationTrainer no longer sets {attr}"
     assert trainer._tokenizer is tok and trainer._is_vlm is False
+    # on-policy sampling through hf_kd.sampling unwraps and gathers the student as TRL's generate does
+    assert callable(trainer._dist.summon_full_params)
+    generate_src = inspect.getsource(trl.DistillationTrainer._generate_single_turn)
+    assert "self._dist.summon_full_params(self.model_wrapped" in generate_src
+    assert "gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs" in generate_src
     trainer._metrics["train"]["x"].append(1.0)  # a dict of modes holding lists by name
     assert hasattr(trainer.args, "ds3_gather_for_generation") and hasattr(trainer, "shuffle_dataset")
     trainer._set_signature_columns_if_needed()
