@@ -4,14 +4,14 @@ A decode step multiplies a few rows ``x`` (M = rows still sampling, one token ea
 model, so it is bound by reading the weights, not by arithmetic. For such skinny inputs the kernel behind
 `torch.nn.functional.linear` (``x @ W^T``) reads ``W`` far below the memory bandwidth on x86 CPUs, while the same
 product written ``W @ x^T`` streams ``W`` once. Measured on the 2-core AMD EPYC where hf_kd is developed (float32,
-SmolLM2-135M shapes, see docs/profile_step.md): the tied 49,152 x 576 head takes 17.8 ms at M = 4 through ``F.linear``
-and 6.6 ms as ``W @ x^T``. The gain holds up to 64 rows for such wide weights but only up to 4 rows for the layers'
+SmolLM2-135M shapes, see docs/profile_step.md): the tied 49,152 x 576 head takes 17.7 ms at M = 4 through ``F.linear``
+and 4.9 ms as ``W @ x^T``. The gain holds up to 64 rows for such wide weights but only up to 4 rows for the layers'
 small matrices (slower from 8 rows on), so the rule below keeps ``F.linear`` beyond those sizes. MKL streams ``W``
 only when ``x^T`` is a transposed view of a row-major ``x`` (3x slower otherwise), so inputs are made row-major.
 
 A frozen model that decodes many steps (offline generation, metrics sampling) can do better still: `packed_weights`
 keeps a copy of each weight in oneDNN's blocked layout, which oneDNN multiplies near the bandwidth at any row count
-(the head: 4.2 ms at 4 rows, 19 ms at 64 against 31 ms as ``W @ x^T`` and 47 ms through ``F.linear``), at the cost
+(the head: 3.7 ms at 4 rows, 18 ms at 64 against 37 ms as ``W @ x^T`` and 39 ms through ``F.linear``), at the cost
 of the copies' memory and a packing pass; a model in training is never packed (the copies would go stale).
 
 The forms compute the same sums in a different order: results agree to float rounding (relative ~1e-6), not
@@ -24,6 +24,7 @@ there is no compiled path here; on CUDA the fast path stays off (cuBLAS has no s
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -37,6 +38,7 @@ __all__ = [
     "decode_linear",
     "fast_decode",
     "fast_decode_enabled",
+    "linear_forward",
     "log_once",
     "packed_weights",
     "skinny_linear",
@@ -115,11 +117,9 @@ def decode_linear(
     return torch.nn.functional.linear(x, weight, bias)
 
 
-def _skinny_forward(module: torch.nn.Linear):
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return decode_linear(x, module.weight, module.bias, getattr(module, PACKED, None))
-
-    return forward
+def linear_forward(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`layer`'s product through `decode_linear`, on its packed weight inside `packed_weights`."""
+    return decode_linear(x, layer.weight, layer.bias, getattr(layer, PACKED, None))
 
 
 def _available_memory() -> int | None:
@@ -135,13 +135,11 @@ def packed_weights(model: torch.nn.Module, what: str = "decoding"):
     """Within the block, `model`'s plain linear layers carry a copy of their weight in oneDNN's blocked layout
     (attribute `PACKED`), which `decode_linear` multiplies at the memory bandwidth.
 
-    For a frozen model that decodes many steps (offline generation, metrics sampling): on the 2-core EPYC of
-    docs/profile_step.md a packed 49,152 x 576 head takes 4.2 ms at 4 rows and 19 ms at 64 (5.1 and 31 ms as
-    ``W @ x^T``, 17.6 and 47 ms through `F.linear`), and a 64-row decode step of SmolLM2-135M goes from about 210
-    to 140 ms. Packing costs about 0.3 s for that model, and the copies take as much memory as the weights, so they
-    are made only on the fast path (``$HF_KD_FAST_DECODE``), for float32/bfloat16 weights, and when they take less
-    than a quarter of the memory available; otherwise the block runs unchanged. A model being trained must not be
-    packed: its copies would go stale at the next optimizer step.
+    For a frozen model that decodes many steps (offline generation, metrics sampling): a 64-row decode step of
+    SmolLM2-135M goes from 209 to 153 ms (docs/profile_step.md). Packing costs about 0.3 s for that model, and the
+    copies take as much memory as the weights, so they are made only on the fast path (``$HF_KD_FAST_DECODE``), for
+    float32/bfloat16 weights, and when they take less than a quarter of the memory available; otherwise the block
+    runs unchanged. A model being trained must not be packed: its copies would go stale at the next optimizer step.
 
     Args:
         model (`torch.nn.Module`): the (frozen) model that decodes.
@@ -169,21 +167,22 @@ def packed_weights(model: torch.nn.Module, what: str = "decoding"):
         yield
         return
     try:
-        with torch.no_grad():
-            for m in layers:
-                setattr(m, PACKED, torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), None))
-    except RuntimeError as error:  # a build or layout oneDNN does not take: decode on the unpacked weights
-        log_once(f"hf_kd {what}: weights not packed for oneDNN ({error}).")
-        for m in layers:
-            if hasattr(m, PACKED):
-                delattr(m, PACKED)
-        yield
-        return
-    log_once(f"hf_kd {what}: {len(layers)} linear weights packed for oneDNN ({size / 2**20:.0f} MiB more memory).")
-    try:
+        try:
+            with torch.no_grad():
+                for m in layers:
+                    setattr(m, PACKED, torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), None))
+            log_once(f"hf_kd {what}: {len(layers)} linear weights packed for oneDNN ({size / 2**20:.0f} MiB more).")
+        except RuntimeError as error:  # a build or layout oneDNN does not take: decode on the unpacked weights
+            log_once(f"hf_kd {what}: weights not packed for oneDNN ({error}).")
+            _unpack(layers)
         yield
     finally:
-        for m in layers:
+        _unpack(layers)
+
+
+def _unpack(layers: list[torch.nn.Module]) -> None:
+    for m in layers:
+        if hasattr(m, PACKED):
             delattr(m, PACKED)
 
 
@@ -200,8 +199,8 @@ def fast_decode(model: torch.nn.Module, what: str = "decoding"):
 
     Only layers whose type is exactly `torch.nn.Linear` are switched (quantized or other subclasses keep their own
     forward), only inputs with autograd off and at most `MAX_ROWS` rows (`MAX_ROWS_SMALL` for weights of fewer than
-    `WIDE` output rows) take the fast kernel, and every layer gets its
-    own forward back when the block ends, even on an error. The path taken is logged once per process and `what`.
+    `WIDE` output rows) take the fast kernel, and every layer gets its own forward back when the block ends, even on
+    an error. The path taken is logged once per process and `what`.
 
     Args:
         model (`torch.nn.Module`): the model that decodes (unwrapped; its parameters' device decides).
@@ -219,7 +218,7 @@ def fast_decode(model: torch.nn.Module, what: str = "decoding"):
         f"<= {MAX_ROWS_SMALL} rows, the wide ones (e.g. the head) for <= {MAX_ROWS} (${_ENV}=off: eager path)."
     )
     for layer in layers:
-        layer.forward = _skinny_forward(layer)
+        layer.forward = functools.partial(linear_forward, layer)
     try:
         yield
     finally:

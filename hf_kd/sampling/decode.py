@@ -64,16 +64,28 @@ def _prefill(model, input_ids, attention_mask, position_ids):
     return out.logits[:, -1], getattr(out, _cache_name(model))
 
 
-def _decode_step(model, tokens, cache, attention_mask, positions):
-    """One token per running row, `tokens` `(B,)` at `positions` `(B,)`: next-token logits `(B, V)` (cache updated)."""
-    out = model(
-        input_ids=tokens[:, None],
-        attention_mask=attention_mask,
-        position_ids=positions[:, None],
-        use_cache=True,
-        **{_cache_name(model): cache},
-    )
-    return out.logits[:, -1]
+class _ForwardStep:
+    """One token per running row through the model's own forward and its KV cache (`FusedStep`'s interface)."""
+
+    def __init__(self, model, cache, attention_mask: torch.Tensor):
+        self.model, self.cache, self.mask = model, cache, attention_mask
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` in the cache and the mask: finished rows leave the batch."""
+        self.cache.reorder_cache(rows)
+        self.mask = self.mask[rows]
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Next-token logits `(B, V)` after `tokens` `(B,)` at `positions` `(B,)` (the cache updated)."""
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=-1)
+        out = self.model(
+            input_ids=tokens[:, None],
+            attention_mask=self.mask,
+            position_ids=positions[:, None],
+            use_cache=True,
+            **{_cache_name(self.model): self.cache},
+        )
+        return out.logits[:, -1]
 
 
 def _draw(logits, log_p, params: SamplingParams, uniforms, eos: list[int], step: int):
@@ -122,11 +134,10 @@ def inverse_cdf(log_s: torch.Tensor, u: torch.Tensor, block: int = 1024) -> torc
     return b * block + j.squeeze(-1).minimum(last_id)
 
 
-def _fused_step(model, cache, mask, max_new_tokens: int) -> FusedStep | None:
-    """`FusedStep` where the fast decode path is on and the model qualifies, else None (the model's own forward)."""
-    device = mask.device
-    if not fast_decode_enabled(device):
-        return None
+def _decode_step(model, cache, mask, max_new_tokens: int) -> FusedStep | _ForwardStep:
+    """`FusedStep` where the fast decode path is on and the model qualifies, else the model's own forward."""
+    if not fast_decode_enabled(mask.device):
+        return _ForwardStep(model, cache, mask)
     why_not = fused_step_support(model) or (None if hasattr(cache, "layers") else "no per-layer KV cache")
     name = type(model).__name__
     log_once(
@@ -135,7 +146,7 @@ def _fused_step(model, cache, mask, max_new_tokens: int) -> FusedStep | None:
         else f"hf_kd sampling: {name} decodes through hf_kd.sampling.FusedStep (a preallocated KV cache, "
         "$HF_KD_FAST_DECODE=off: the model's forward)."
     )
-    return None if why_not else FusedStep(model, cache, mask, max_new_tokens)
+    return _ForwardStep(model, cache, mask) if why_not else FusedStep(model, cache, mask, max_new_tokens)
 
 
 class _Rows:
@@ -248,7 +259,7 @@ def _sample(model, prompt_ids, seeds, params, eos_token_ids, pad_token_id, store
     rows, active = _Rows(len(prompt_ids), store_topk), torch.arange(len(prompt_ids))
     mask, next_pos = mask.to(device), position[:, -1].to(device) + 1
     logits, cache = _prefill(model, ids.to(device), mask, position.to(device))
-    fused = _fused_step(model, cache, mask, params.max_new_tokens)
+    decode = _decode_step(model, cache, mask, params.max_new_tokens)
     for step in range(params.max_new_tokens):
         logits = logits.float()
         log_p = torch.log_softmax(logits, dim=-1)
@@ -259,15 +270,8 @@ def _sample(model, prompt_ids, seeds, params, eos_token_ids, pad_token_id, store
             break
         if not keep.all():  # finished rows leave the batch: the cache, the mask and the positions shrink with it
             kept = keep.nonzero().squeeze(-1)
-            if fused is not None:
-                fused.keep(kept.to(device))
-            else:
-                cache.reorder_cache(kept.to(device))
-            active, token, mask, next_pos = active[kept], token[kept.to(device)], mask[kept.to(device)], next_pos[kept]
-        if fused is not None:
-            logits = fused(token, next_pos)
-        else:
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-            logits = _decode_step(model, token, cache, mask, next_pos)
+            decode.keep(kept.to(device))
+            active, token, next_pos = active[kept], token[kept.to(device)], next_pos[kept]
+        logits = decode(token, next_pos)
         next_pos = next_pos + 1
     return rows.finish(set(eos_list))

@@ -18,7 +18,7 @@ import importlib
 
 import torch
 
-from ..fast_decode import PACKED, decode_linear
+from ..fast_decode import linear_forward
 
 __all__ = ["FusedStep", "fused_step_support"]
 
@@ -97,34 +97,31 @@ class FusedStep:
         for i, layer in enumerate(self.layers):
             x = x + self._attention(layer.self_attn, _rms_norm(layer.input_layernorm, x), cos, sin, i, at, end)
             mlp, h = layer.mlp, _rms_norm(layer.post_attention_layernorm, x)
-            x = x + _linear(mlp.act_fn(_linear(h, mlp.gate_proj)) * _linear(h, mlp.up_proj), mlp.down_proj)
+            x = x + linear_forward(
+                mlp.down_proj, mlp.act_fn(linear_forward(mlp.gate_proj, h)) * linear_forward(mlp.up_proj, h)
+            )
         self.length = end
-        return self.model.get_output_embeddings()(_rms_norm(inner.norm, x))[
-            :, -1
-        ]  # the module: its hooks see the input
+        head = self.model.get_output_embeddings()  # called as a module: its hooks see the input
+        return head(_rms_norm(inner.norm, x))[:, -1]
 
     def _attention(self, attn, h, cos, sin, i: int, at: int, end: int) -> torch.Tensor:
         """``o_proj(softmax(q k^T * scaling + bias) v)`` for one new position; writes k, v at column `at`."""
         b, d = h.shape[0], attn.head_dim
-        q = _linear(h, attn.q_proj).view(b, 1, -1, d).transpose(1, 2)  # (B, Hq, 1, D)
-        k = _linear(h, attn.k_proj).view(b, 1, -1, d).transpose(1, 2)  # (B, KV, 1, D)
+        q = linear_forward(attn.q_proj, h).view(b, 1, -1, d).transpose(1, 2)  # (B, Hq, 1, D)
+        k = linear_forward(attn.k_proj, h).view(b, 1, -1, d).transpose(1, 2)  # (B, KV, 1, D)
         q, k = self.rope(q, k, cos, sin)
         self.keys[i][:, :, at:end] = k
-        self.values[i][:, :, at:end] = _linear(h, attn.v_proj).view(b, 1, -1, d).transpose(1, 2)
+        self.values[i][:, :, at:end] = linear_forward(attn.v_proj, h).view(b, 1, -1, d).transpose(1, 2)
         keys, values = self.keys[i][:, :, :end], self.values[i][:, :, :end]  # (B, KV, L, D)
         q = q.reshape(b, keys.shape[1], -1, d)  # (B, KV, G, D): query head j reads key/value head j // G
         scores = (q @ keys.transpose(-1, -2)) * attn.scaling + self.bias[:, :, :, :end]  # (B, KV, G, L)
         out = scores.softmax(-1) @ values  # (B, KV, G, D)
-        return _linear(out.reshape(b, 1, -1), attn.o_proj)
+        return linear_forward(attn.o_proj, out.reshape(b, 1, -1))
 
 
 def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's RMSNorm, ``w * x / sqrt(mean(x^2) + eps)``, as one fused op for float32 (transformers' module runs
-    six, each a parallel region: about a fifth of a 64-row decode step); other dtypes keep the module's own casts."""
+    """The model's RMSNorm, ``w * x / sqrt(mean(x^2) + eps)``, as one op for float32 (transformers' module runs six);
+    other dtypes keep the module's own casts."""
     if x.dtype != torch.float32 or norm.weight.dtype != torch.float32:
         return norm(x)
     return torch.nn.functional.rms_norm(x, x.shape[-1:], norm.weight, norm.variance_epsilon)
-
-
-def _linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
-    return decode_linear(x, layer.weight, layer.bias, getattr(layer, PACKED, None))
